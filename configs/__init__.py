@@ -1,0 +1,1 @@
+"""Packaged YAML configs (algo/, env/, policy/, experiment/), composed with Hydra."""

@@ -1,0 +1,268 @@
+"""Gymnasium continuous-control adapter (MuJoCo v5 tasks and any Box-action gymnasium env).
+
+Collects fixed-length rollouts from a sync or async vector env with a Gaussian policy,
+bootstraps time-limit truncations with the critic's value of the final observation (never
+terminations), scales rewards by the running std of the discounted return (gymnasium's
+NormalizeReward / CleanRL), and can save and restore the complete simulator state so that a
+resumed run continues bit for bit.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+
+from workbench.batch import Batch
+from workbench.environment import Environment, EnvSpec
+from workbench.registry import ConfigError, ENVS
+
+
+class SimState(gym.Wrapper):
+    """Exposes get_state/set_state of the whole simulator for exact checkpoint/resume.
+
+    Works through ``VectorEnv.call`` for sync and async vector envs alike: ``set_state`` gets
+    every env's state and picks its own by index.
+    """
+
+    def __init__(self, env: gym.Env, index: int) -> None:
+        super().__init__(env)
+        self.index = index
+
+    def _time_limit(self) -> Optional[gym.wrappers.TimeLimit]:
+        env = self.env
+        while isinstance(env, gym.Wrapper):
+            if isinstance(env, gym.wrappers.TimeLimit):
+                return env
+            env = env.env
+        return None
+
+    def get_state(self) -> Dict[str, Any]:
+        base = self.env.unwrapped
+        state: Dict[str, Any] = {"rng": base.np_random.bit_generator.state}
+        limit = self._time_limit()
+        if limit is not None:
+            state["elapsed_steps"] = limit._elapsed_steps
+        if hasattr(base, "model") and hasattr(base, "data"):
+            import mujoco
+
+            spec = mujoco.mjtState.mjSTATE_INTEGRATION
+            sim = np.empty(mujoco.mj_stateSize(base.model, spec))
+            mujoco.mj_getState(base.model, base.data, sim, spec)
+            state["mujoco"] = sim
+        return state
+
+    def set_state(self, states: List[Dict[str, Any]]) -> None:
+        state = states[self.index]
+        base = self.env.unwrapped
+        base.np_random.bit_generator.state = state["rng"]
+        limit = self._time_limit()
+        if limit is not None:
+            limit._elapsed_steps = state.get("elapsed_steps")
+        if "mujoco" in state:
+            import mujoco
+
+            mujoco.mj_setState(base.model, base.data, np.asarray(state["mujoco"]), mujoco.mjtState.mjSTATE_INTEGRATION)
+            mujoco.mj_forward(base.model, base.data)
+
+
+def make_env(env_id: str, index: int, kwargs: Dict[str, Any], render_mode: Optional[str] = None, **render_kwargs):
+    def thunk() -> gym.Env:
+        try:
+            env = gym.make(env_id, render_mode=render_mode, **kwargs, **render_kwargs)
+        except gym.error.Error as e:
+            raise ConfigError(f"env.id={env_id!r}: {e}") from None
+        return SimState(env, index)
+
+    return thunk
+
+
+class ReturnScaler:
+    """Divides rewards by the running std of the discounted return (NormalizeReward), in numpy."""
+
+    def __init__(self, num_envs: int, gamma: float, clip: float, epsilon: float = 1e-8) -> None:
+        self.gamma, self.clip, self.epsilon = gamma, clip, epsilon
+        self.returns = np.zeros(num_envs)
+        self.mean, self.var, self.count = 0.0, 1.0, 1e-4
+
+    def _update(self, x: np.ndarray) -> None:
+        batch_mean, batch_var, n = x.mean(), x.var(), x.size
+        delta, total = batch_mean - self.mean, self.count + n
+        self.mean += delta * n / total
+        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
+        self.count = total
+
+    def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
+        """rewards, dones: [T, E] in time order; returns scaled [T, E]."""
+        out = np.empty_like(rewards)
+        for t in range(rewards.shape[0]):
+            self.returns = self.returns * self.gamma + rewards[t]
+            self._update(self.returns)
+            out[t] = rewards[t] / math.sqrt(self.var + self.epsilon)
+            self.returns[dones[t]] = 0.0
+        return np.clip(out, -self.clip, self.clip) if self.clip else out
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"returns": self.returns.copy(), "mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, s: Dict[str, Any]) -> None:
+        self.returns = np.asarray(s["returns"], dtype=np.float64).copy()
+        self.mean, self.var, self.count = float(s["mean"]), float(s["var"]), float(s["count"])
+
+
+@ENVS.register("gym_control")
+class GymControlEnv(Environment):
+    @dataclass
+    class Config:
+        name: str = "gym_control"
+        id: str = "HalfCheetah-v5"  # any gymnasium id with a Box action space
+        num_envs: int = 1
+        vectorization: str = "sync"  # sync | async (async pays off only for expensive steps)
+        rollout_steps: int = 2048  # steps per env per iteration
+        normalize_reward: bool = True
+        reward_gamma: float = 0.99  # discount of the return whose std scales rewards
+        clip_reward: float = 10.0
+        kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to gymnasium.make
+
+        def __post_init__(self) -> None:
+            if self.vectorization not in ("sync", "async"):
+                raise ConfigError(f"env.vectorization={self.vectorization!r} is not valid; valid choices: sync, async")
+            if self.num_envs < 1 or self.rollout_steps < 1:
+                raise ConfigError("env.num_envs and env.rollout_steps must be >= 1")
+
+    def __init__(self, cfg: "GymControlEnv.Config", seed: int, gamma: float = 0.99) -> None:
+        if cfg.id not in gym.registry:
+            close = [k for k in gym.registry if cfg.id.split("-")[0].lower() in k.lower()][:8]
+            raise ConfigError(f"unknown gymnasium env id '{cfg.id}'" + (f"; similar: {', '.join(close)}" if close else ""))
+        self.cfg, self.seed, self.gamma = cfg, seed, gamma
+        fns = [make_env(cfg.id, i, dict(cfg.kwargs)) for i in range(cfg.num_envs)]
+        vec_cls = SyncVectorEnv if cfg.vectorization == "sync" else AsyncVectorEnv
+        self.vec = vec_cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+        space = self.vec.single_action_space
+        if not isinstance(space, gym.spaces.Box):
+            raise ConfigError(f"env '{cfg.id}' has action space {space}; gym_control needs a Box")
+        self.low, self.high = space.low, space.high
+        self.obs, _ = self.vec.reset(seed=seed)
+        self.steps_per_collect = cfg.num_envs * cfg.rollout_steps
+        self.scaler = ReturnScaler(cfg.num_envs, cfg.reward_gamma, cfg.clip_reward) if cfg.normalize_reward else None
+        self.ep_return = np.zeros(cfg.num_envs)
+        self.ep_length = np.zeros(cfg.num_envs, dtype=np.int64)
+        self.finished: List[tuple] = []
+
+    def spec(self) -> EnvSpec:
+        return EnvSpec(self.vec.single_observation_space.shape, int(np.prod(self.low.shape)), self.low, self.high)
+
+    def collect(self, policy) -> Batch:
+        T, E = self.cfg.rollout_steps, self.cfg.num_envs
+        dev = policy.device
+        obs_dim = self.vec.single_observation_space.shape[0]
+        obs_buf = torch.empty(T, E, obs_dim, device=dev)
+        act_buf = torch.empty(T, E, self.low.shape[0], device=dev)
+        logp_buf = torch.empty(T, E, device=dev)
+        val_buf = torch.empty(T + 1, E, device=dev)
+        rewards = np.empty((T, E))
+        dones = np.zeros((T, E), dtype=bool)
+        truncs = np.zeros((T, E), dtype=bool)
+        final_values = torch.zeros(T, E, device=dev)
+        obs = self.obs
+        for t in range(T):
+            out = policy.act(obs)
+            actions = out.actions.cpu().numpy()
+            obs, reward, term, trunc, info = self.vec.step(np.clip(actions, self.low, self.high))
+            obs_buf[t], act_buf[t], logp_buf[t], val_buf[t] = out.obs, out.actions, out.logp, out.values
+            rewards[t] = reward
+            done = term | trunc
+            dones[t], truncs[t] = done, trunc & ~term
+            self.ep_return += reward
+            self.ep_length += 1
+            if done.any():
+                for i in np.flatnonzero(done):
+                    self.finished.append((self.ep_return[i], self.ep_length[i]))
+                self.ep_return[done] = 0.0
+                self.ep_length[done] = 0
+                if truncs[t].any():
+                    idx = np.flatnonzero(truncs[t])
+                    final = np.stack([info["final_obs"][i] for i in idx])
+                    final_values[t, torch.as_tensor(idx, device=dev)] = policy.value_of(final)
+        self.obs = obs
+        val_buf[T] = policy.value_of(obs)
+        next_values = torch.where(torch.as_tensor(truncs, device=dev), final_values, val_buf[1:])
+        tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=dev).T.contiguous()  # noqa: E731
+        self._raw_rewards = rewards
+        return Batch(
+            logp_old=logp_buf.T.contiguous(),
+            mask=torch.ones(E, T, device=dev),
+            rewards=tensor(rewards),
+            dones=tensor(dones),
+            truncated=tensor(truncs),
+            values=val_buf[:T].T.contiguous(),
+            next_values=next_values.T.contiguous(),
+            policy_inputs={"obs": obs_buf.transpose(0, 1).contiguous(), "actions": act_buf.transpose(0, 1).contiguous()},
+        )
+
+    def score(self, batch: Batch) -> Batch:
+        if self.scaler is None:
+            return batch
+        raw = batch.rewards.T.cpu().numpy().astype(np.float64)
+        scaled = self.scaler(raw, batch.dones.T.cpu().numpy() > 0)
+        return batch.with_(rewards=torch.as_tensor(scaled.T, dtype=torch.float32, device=batch.rewards.device))
+
+    def pop_metrics(self) -> Dict[str, float]:
+        if not self.finished:
+            return {}
+        returns = np.array([r for r, _ in self.finished])
+        lengths = np.array([n for _, n in self.finished])
+        self.finished = []
+        return {"episode/return": float(returns.mean()), "episode/length": float(lengths.mean()), "episode/count": float(len(returns))}
+
+    @torch.no_grad()
+    def evaluate(self, policy, episodes: int, video_path: Optional[str] = None, seed: Optional[int] = None) -> Dict[str, float]:
+        """Deterministic (mean-action) returns over ``episodes`` fresh episodes, frozen obs stats."""
+        render = video_path is not None
+        env = make_env(self.cfg.id, 0, dict(self.cfg.kwargs), render_mode="rgb_array" if render else None)()
+        returns, lengths, frames = [], [], []
+        base_seed = (self.seed if seed is None else seed) + 10_000
+        try:
+            for ep in range(episodes):
+                obs, _ = env.reset(seed=base_seed + ep)
+                total, n, done = 0.0, 0, False
+                while not done:
+                    if render and ep == 0:
+                        frames.append(env.render())
+                    out = policy.act(obs[None], deterministic=True, update_stats=False)
+                    obs, r, term, trunc, _ = env.step(np.clip(out.actions[0].cpu().numpy(), self.low, self.high))
+                    total, n, done = total + float(r), n + 1, term or trunc
+                returns.append(total)
+                lengths.append(n)
+        finally:
+            env.close()
+        if render and frames:
+            from workbench.video import write_mp4
+
+            write_mp4(video_path, frames, fps=int(env.metadata.get("render_fps", 30)))
+        return {"eval/return_mean": float(np.mean(returns)), "eval/return_std": float(np.std(returns)),
+                "eval/length_mean": float(np.mean(lengths)), "eval/episodes": float(episodes)}
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "obs": np.asarray(self.obs).copy(),
+            "sims": list(self.vec.call("get_state")),
+            "ep_return": self.ep_return.copy(),
+            "ep_length": self.ep_length.copy(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.vec.call("set_state", list(state["sims"]))
+        self.obs = np.asarray(state["obs"]).copy()
+        self.ep_return = np.asarray(state["ep_return"], dtype=np.float64).copy()
+        self.ep_length = np.asarray(state["ep_length"], dtype=np.int64).copy()
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+    def close(self) -> None:
+        self.vec.close()

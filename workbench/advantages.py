@@ -1,0 +1,146 @@
+"""Advantage estimators, registered by name (``algo.advantage``).
+
+Each estimator is a pure function ``fn(batch, cfg) -> (advantages [N, T], returns [N, T] | None)``.
+``returns`` are value targets and exist only where the estimator uses a critic.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from workbench.batch import Batch
+from workbench.registry import ADVANTAGES, ConfigError
+
+Advantages = Tuple[torch.Tensor, Optional[torch.Tensor]]
+
+
+def gae(
+    rewards: torch.Tensor,  # [N, T]
+    values: torch.Tensor,  # [N, T] V(s_t)
+    next_values: torch.Tensor,  # [N, T] V(s_{t+1}); V(final obs) at a truncation
+    dones: torch.Tensor,  # [N, T] episode ended after step t
+    terminated: torch.Tensor,  # [N, T] ended by a true terminal (no bootstrap)
+    gamma: float,
+    lam: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016).
+
+    Truncation is bootstrapped (its ``next_values`` is the value of the final observation),
+    termination is not; the recursion is cut at every episode end.
+    """
+    deltas = rewards + gamma * next_values * (1.0 - terminated) - values
+    carry = (1.0 - dones) * gamma * lam
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    for t in range(rewards.shape[1] - 1, -1, -1):
+        last = deltas[:, t] + carry[:, t] * last
+        adv[:, t] = last
+    return adv, adv + values
+
+
+def sequence_scores(batch: Batch) -> torch.Tensor:
+    """[N] total reward of each trajectory (outcome rewards sit on the last valid step)."""
+    return (batch.rewards * batch.mask).sum(dim=1)
+
+
+def group_baseline(scores: torch.Tensor, group: torch.Tensor, scale: str, leave_one_out: bool = False, eps: float = 1e-6) -> torch.Tensor:
+    """[N] score minus its group's mean (or leave-one-out mean), optionally divided by a std.
+
+    scale: "group" divides by the group's std (GRPO), "batch" by the whole batch's std
+    (Dr.GRPO-style "scale_rewards=batch"), "none" leaves the difference (Dr.GRPO).
+    """
+    _, inv, counts = torch.unique(group, return_inverse=True, return_counts=True)
+    ngroups = counts.numel()
+    sums = torch.zeros(ngroups, dtype=scores.dtype, device=scores.device).index_add_(0, inv, scores)
+    n = counts.to(scores.dtype)[inv]
+    mean = sums[inv] / n
+    if leave_one_out:
+        if bool((counts < 2).any()):
+            raise ValueError("rloo needs at least 2 trajectories per group")
+        adv = scores - (sums[inv] - scores) / (n - 1)
+    else:
+        adv = scores - mean
+    if scale == "group":
+        sq = torch.zeros(ngroups, dtype=scores.dtype, device=scores.device).index_add_(0, inv, (scores - mean) ** 2)
+        # unbiased std as in TRL/verl (torch.std); a group of one has std 0
+        std = torch.sqrt(sq[inv] / (n - 1).clamp(min=1))
+        adv = adv / (std + eps)
+    elif scale == "batch":
+        adv = adv / (scores.std() + eps)
+    elif scale != "none":
+        raise ConfigError(f"unknown scale_rewards '{scale}'; valid choices: batch, group, none")
+    return adv
+
+
+def _require(batch: Batch, name: str, estimator: str) -> torch.Tensor:
+    value = getattr(batch, name)
+    if value is None:
+        raise ConfigError(f"advantage estimator '{estimator}' needs batch.{name}, which this env/policy does not provide")
+    return value
+
+
+@ADVANTAGES.register("gae")
+def gae_estimator(batch: Batch, cfg) -> Advantages:
+    values = _require(batch, "values", "gae")
+    next_values = _require(batch, "next_values", "gae")
+    truncated = batch.truncated if batch.truncated is not None else torch.zeros_like(batch.dones)
+    terminated = batch.dones * (1.0 - truncated)
+    adv, ret = gae(batch.rewards, values, next_values, batch.dones, terminated, cfg.gamma, cfg.gae_lambda)
+    return adv * batch.mask, ret * batch.mask
+
+
+def _broadcast(per_row: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return per_row[:, None] * mask
+
+
+@ADVANTAGES.register("grpo")
+def grpo_estimator(batch: Batch, cfg) -> Advantages:
+    """GRPO (Shao et al. 2024): (r - mean_group) / std_group, with TRL's ``scale_rewards``."""
+    group = _require(batch, "group", "grpo")
+    return _broadcast(group_baseline(sequence_scores(batch), group, cfg.scale_rewards), batch.mask), None
+
+
+@ADVANTAGES.register("dr_grpo")
+def dr_grpo_estimator(batch: Batch, cfg) -> Advantages:
+    """Dr.GRPO (Liu et al. 2025): r - mean_group, no std division."""
+    group = _require(batch, "group", "dr_grpo")
+    return _broadcast(group_baseline(sequence_scores(batch), group, "none"), batch.mask), None
+
+
+@ADVANTAGES.register("rloo")
+def rloo_estimator(batch: Batch, cfg) -> Advantages:
+    """RLOO (Ahmadian et al. 2024): r minus the mean of the other samples of the same group."""
+    group = _require(batch, "group", "rloo")
+    return _broadcast(group_baseline(sequence_scores(batch), group, "none", leave_one_out=True), batch.mask), None
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the valid entries; invalid entries become 0."""
+    n = mask.sum().clamp(min=1)
+    mean = (x * mask).sum() / n
+    var = (((x - mean) * mask) ** 2).sum() / (n - 1).clamp(min=1)
+    return (x - mean) / (torch.sqrt(var) + eps) * mask
+
+
+@ADVANTAGES.register("reinforce_pp")
+def reinforce_pp_estimator(batch: Batch, cfg) -> Advantages:
+    """REINFORCE++ (Hu 2025): discounted reward-to-go per step, whitened over the whole batch."""
+    rtg = torch.zeros_like(batch.rewards)
+    running = torch.zeros_like(batch.rewards[:, 0])
+    for t in range(batch.num_steps - 1, -1, -1):
+        running = batch.rewards[:, t] + cfg.gamma * running * (1.0 - batch.dones[:, t])
+        rtg[:, t] = running
+    return masked_whiten(rtg * batch.mask, batch.mask), None
+
+
+def normalize_advantages(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-minibatch or per-batch advantage normalisation (PPO's ``norm_adv``)."""
+    return masked_whiten(adv, mask)
+
+
+def compute_advantages(batch: Batch, cfg) -> Batch:
+    adv, ret = ADVANTAGES.get(cfg.advantage)(batch, cfg)
+    if cfg.normalize_advantages == "batch":
+        adv = normalize_advantages(adv, batch.mask)
+    return batch.with_(advantages=adv, returns=ret)

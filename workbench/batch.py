@@ -1,0 +1,83 @@
+"""The batch contract: every modality fills the same [N trajectories, T steps] tensors.
+
+Advantage estimators and objectives read only the common fields; ``policy_inputs`` carries
+whatever the policy needs to recompute its log-probs (observations and actions; token ids;
+latents and timesteps). Its tensors are indexed either per row (``[N, ...]``) or per cell
+(``[N, T, ...]``) as the policy's ``sample_unit`` says.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Dict, Optional
+
+import torch
+
+
+@dataclass
+class Batch:
+    """Trajectories of one iteration.
+
+    Shapes: N trajectories (rows), T steps. ``mask`` marks valid steps.
+    """
+
+    logp_old: torch.Tensor  # [N, T] log-prob of the taken action under the collecting policy
+    mask: torch.Tensor  # [N, T] float, 1 for valid steps
+    rewards: torch.Tensor  # [N, T] per-step reward (a terminal reward sits on the last valid step)
+    dones: torch.Tensor  # [N, T] float, 1 where an episode ended after this step (terminated or truncated)
+    truncated: Optional[torch.Tensor] = None  # [N, T] float, 1 where that end was a time limit (bootstrapped)
+    values: Optional[torch.Tensor] = None  # [N, T] critic value V(s_t) at collection
+    next_values: Optional[torch.Tensor] = None  # [N, T] V(s_{t+1}); at a truncation V(final obs)
+    group: Optional[torch.Tensor] = None  # [N] long, group id (prompt or start state) for group baselines
+    policy_inputs: Dict[str, torch.Tensor] = field(default_factory=dict)
+    advantages: Optional[torch.Tensor] = None  # [N, T] filled by the advantage estimator
+    returns: Optional[torch.Tensor] = None  # [N, T] value targets, where the estimator makes them
+    ref_logp: Optional[torch.Tensor] = None  # [N, T] reference log-probs, if collected
+
+    def __post_init__(self) -> None:
+        shape = self.logp_old.shape
+        if self.logp_old.dim() != 2:
+            raise ValueError(f"Batch.logp_old must be [N, T], got {tuple(shape)}")
+        for f in ("mask", "rewards", "dones", "truncated", "values", "next_values", "advantages", "returns", "ref_logp"):
+            t = getattr(self, f)
+            if t is not None and t.shape != shape:
+                raise ValueError(f"Batch.{f} has shape {tuple(t.shape)}, expected {tuple(shape)} like logp_old")
+        if self.group is not None and self.group.shape != shape[:1]:
+            raise ValueError(f"Batch.group must be [N]={shape[0]}, got {tuple(self.group.shape)}")
+
+    @property
+    def num_rows(self) -> int:
+        return self.logp_old.shape[0]
+
+    @property
+    def num_steps(self) -> int:
+        return self.logp_old.shape[1]
+
+    def to(self, device: torch.device | str) -> "Batch":
+        moved = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                moved[f.name] = v.to(device, non_blocking=True)
+            elif isinstance(v, dict):
+                moved[f.name] = {k: t.to(device, non_blocking=True) for k, t in v.items()}
+        return replace(self, **moved)
+
+    def with_(self, **changes) -> "Batch":
+        """A copy with some fields replaced (batches are treated as values)."""
+        return replace(self, **changes)
+
+
+@dataclass
+class Minibatch:
+    """A slice of a Batch handed to ``policy.evaluate`` and the objective.
+
+    Row mode: tensors are [M, T]; cell mode: [M, 1] (one step per row).
+    """
+
+    logp_old: torch.Tensor
+    mask: torch.Tensor
+    advantages: torch.Tensor
+    returns: Optional[torch.Tensor]
+    values_old: Optional[torch.Tensor]
+    ref_logp: Optional[torch.Tensor]
+    policy_inputs: Dict[str, torch.Tensor]

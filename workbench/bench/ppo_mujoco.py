@@ -1,0 +1,1 @@
+from workbench.registry import BENCHMARKS

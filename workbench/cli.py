@@ -1,0 +1,161 @@
+"""The ``workbench`` command: train, eval, list, bench.
+
+User mistakes (unknown key, bad value, missing run directory) end with one line on stderr
+and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+from workbench.registry import ConfigError
+
+
+def _err(msg: str, code: int = 2) -> int:
+    print(f"workbench: error: {msg}", file=sys.stderr)
+    return code
+
+
+def _split_resume(overrides: List[str]) -> tuple[Optional[str], List[str]]:
+    resume, rest = None, []
+    for o in overrides:
+        if o.startswith("resume="):
+            resume = o.split("=", 1)[1] or None
+        else:
+            rest.append(o)
+    return resume, rest
+
+
+def build_run(overrides: List[str]):
+    """(RunConfig, run_dir, resuming) from command-line overrides."""
+    from workbench import config
+
+    resume, rest = _split_resume(overrides)
+    if resume:
+        run_dir = Path(resume)
+        if not run_dir.is_dir():
+            raise ConfigError(f"resume={resume}: no such run directory")
+        run = config.load_saved(run_dir, rest)
+        run.resume = str(run_dir)
+        return run, run_dir, True
+    run = config.validate(config.compose(rest))
+    run_dir = Path(run.run_dir) if run.run_dir else Path("runs") / f"{run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
+        raise ConfigError(f"run_dir {run_dir} already holds checkpoints; continue it with resume={run_dir}")
+    return run, run_dir, False
+
+
+def cmd_train(args) -> int:
+    from workbench.trainer import Trainer
+
+    run, run_dir, resuming = build_run(args.overrides)
+    trainer = Trainer(run, run_dir)
+    if resuming:
+        trainer.resume()
+        print(f"resuming {run_dir} at step {trainer.step:,}", file=sys.stderr)
+    else:
+        print(f"run directory: {run_dir}", file=sys.stderr)
+    final = trainer.train()
+    if final:
+        print(f"final eval: return {final['eval/return_mean']:.1f} ± {final['eval/return_std']:.1f} "
+              f"over {int(final['eval/episodes'])} episodes", file=sys.stderr)
+    print(f"learning curve: {run_dir / 'learning_curve.png'}", file=sys.stderr)
+    return 0
+
+
+def load_trained(run_dir: Path, checkpoint_path: Optional[str] = None):
+    """(run config, env, policy) of a finished or running run, weights from its newest checkpoint."""
+    import torch
+
+    from workbench import checkpoint, config
+    from workbench.registry import ENVS, POLICIES
+
+    run = config.load_saved(run_dir, [])
+    path = Path(checkpoint_path) if checkpoint_path else checkpoint.latest(run_dir / "checkpoints")
+    if path is None or not path.exists():
+        raise ConfigError(f"no checkpoint found in {run_dir / 'checkpoints'}")
+    env = ENVS.get(run.env.name)(run.env, seed=run.seed)
+    policy = POLICIES.get(run.policy.name)(run.policy, env.spec())
+    policy.load_state_dict(checkpoint.load(path)["policy"])
+    torch.set_num_threads(run.threads)
+    return run, env, policy.eval(), path
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"no such run directory: {run_dir}")
+    run, env, policy, path = load_trained(run_dir, args.checkpoint)
+    video = None if args.no_video else str(Path(args.video) if args.video else run_dir / "eval.mp4")
+    try:
+        result = env.evaluate(policy, args.episodes, video_path=video, seed=args.seed)
+    finally:
+        env.close()
+    print(f"{path.name}: return {result['eval/return_mean']:.1f} ± {result['eval/return_std']:.1f} "
+          f"over {args.episodes} episodes" + (f"; video {video}" if video else ""))
+    (run_dir / "eval.json").write_text(json.dumps({"checkpoint": path.name, **result}, indent=1))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from workbench import plugins, registry
+    import workbench.schedules  # noqa: F401
+    import workbench.advantages  # noqa: F401
+    import workbench.objectives  # noqa: F401
+    import workbench.bench  # noqa: F401
+
+    plugins.load()
+    for kind, reg in registry.ALL.items():
+        print(f"{kind:18s} {', '.join(reg.names()) or '(none yet)'}")
+    from workbench.config import config_dir
+
+    exps = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+    print(f"{'experiments':18s} {', '.join(exps)}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from workbench.bench import run_benchmark
+
+    return run_benchmark(args.name, args.json, args.rest)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train; arguments are config overrides, e.g. experiment=halfcheetah_ppo algo.epsilon=0.1")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(fn=cmd_train)
+    p = sub.add_parser("eval", help="evaluate a run directory's newest checkpoint and save a video")
+    p.add_argument("run_dir")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--checkpoint", default=None, help="a specific checkpoint file")
+    p.add_argument("--video", default=None, help="mp4 path (default RUN_DIR/eval.mp4)")
+    p.add_argument("--no-video", action="store_true")
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(fn=cmd_eval)
+    p = sub.add_parser("list", help="registered envs, policies, algorithms, rewards, benchmarks and experiments")
+    p.set_defaults(fn=cmd_list)
+    p = sub.add_parser("bench", help="benchmark against a peer; --json ends with one JSON line of figures")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_bench)
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        return _err(str(e))
+    except KeyboardInterrupt:
+        return _err("interrupted", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Configuration: YAML under ``configs/`` composed with Hydra, validated against dataclasses.
+
+The composed tree has four sections: top-level run options (``RunConfig``), ``algo``
+(``AlgoConfig``, one schema for the whole PPO/GRPO family), and ``env`` / ``policy``, each
+validated by the config dataclass of the component its ``name`` selects. Unknown keys and
+bad values raise ``ConfigError`` with one line naming the key and the valid choices.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from workbench.registry import (
+    ADVANTAGES,
+    ConfigError,
+    ENVS,
+    KL_ESTIMATORS,
+    LOSS_AGGREGATIONS,
+    LR_SCHEDULES,
+    POLICIES,
+    POLICY_LOSSES,
+)
+
+
+def _choice(value: Any, choices, key: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not valid; valid choices: {', '.join(map(str, choices))}")
+
+
+@dataclass
+class AlgoConfig:
+    """Every knob of the shared PPO/GRPO engine (TRL/verl names where they exist)."""
+
+    name: str = "ppo"  # a label for logs; behaviour comes from the fields below
+    advantage: str = "gae"  # gae | grpo | dr_grpo | rloo | reinforce_pp
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    scale_rewards: str = "group"  # grpo: divide by group | batch std, or none (TRL)
+    normalize_advantages: str = "minibatch"  # minibatch (CleanRL norm_adv) | batch | none
+    policy_loss: str = "clip"
+    epsilon: float = 0.2  # PPO clip range (lower side)
+    epsilon_high: Optional[float] = None  # upper clip; DAPO clip-higher uses 0.28
+    dual_clip: Optional[float] = None  # Ye et al. 2020 dual clip constant c > 1
+    importance_sampling_level: str = "token"  # token | sequence (GSPO)
+    loss_agg_mode: str = "token-mean"
+    loss_agg_norm: Optional[float] = None  # constant for seq-mean-token-sum-norm (Dr.GRPO)
+    vf_coef: float = 0.5
+    value_clip: Optional[float] = 0.2  # clipped value loss range; null disables
+    ent_coef: float = 0.0
+    beta: float = 0.0  # KL-to-reference coefficient
+    kl_estimator: str = "k3"
+    lr: float = 3e-4
+    lr_schedule: str = "linear"  # linear (to 0) | constant | cosine
+    adam_eps: float = 1e-5
+    weight_decay: float = 0.0
+    max_grad_norm: Optional[float] = 0.5
+    update_epochs: int = 10
+    num_minibatches: int = 32
+    target_kl: Optional[float] = None  # stop the epoch loop when approx KL > 1.5 * target_kl
+
+    def __post_init__(self) -> None:
+        _choice(self.advantage, ADVANTAGES.names(), "algo.advantage")
+        _choice(self.policy_loss, POLICY_LOSSES.names(), "algo.policy_loss")
+        _choice(self.kl_estimator, KL_ESTIMATORS.names(), "algo.kl_estimator")
+        _choice(self.loss_agg_mode, LOSS_AGGREGATIONS.names(), "algo.loss_agg_mode")
+        _choice(self.lr_schedule, LR_SCHEDULES.names(), "algo.lr_schedule")
+        _choice(self.scale_rewards, ["group", "batch", "none"], "algo.scale_rewards")
+        _choice(self.normalize_advantages, ["minibatch", "batch", "none"], "algo.normalize_advantages")
+        _choice(self.importance_sampling_level, ["token", "sequence"], "algo.importance_sampling_level")
+        for key in ("epsilon", "lr"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"algo.{key} must be > 0, got {getattr(self, key)}")
+        if self.epsilon_high is not None and self.epsilon_high <= 0:
+            raise ConfigError(f"algo.epsilon_high must be > 0, got {self.epsilon_high}")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            raise ConfigError(f"algo.dual_clip must be > 1, got {self.dual_clip}")
+        if not 0 <= self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
+            raise ConfigError("algo.gamma and algo.gae_lambda must lie in [0, 1]")
+        if self.update_epochs < 1 or self.num_minibatches < 1:
+            raise ConfigError("algo.update_epochs and algo.num_minibatches must be >= 1")
+
+
+@dataclass
+class RunConfig:
+    """Options of one run; ``env`` and ``policy`` are validated by their components."""
+
+    name: str = "run"  # experiment name, used for the run directory
+    seed: int = 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 autocast on CUDA) | fp32 | bf16
+    threads: int = 1  # torch CPU threads; small MLPs are fastest on one
+    total_steps: int = 100_000  # environment steps (control) or samples (text) to train for
+    run_dir: Optional[str] = None  # default: runs/<name>-<timestamp>
+    resume: Optional[str] = None  # a run directory to continue exactly
+    checkpoint_every: int = 10  # iterations; 0 = only at the end
+    keep_checkpoints: int = 2
+    eval_every: int = 0  # iterations; 0 = only at the end
+    eval_episodes: int = 10
+    progress: bool = True
+    imports: List[str] = field(default_factory=list)  # extra modules that register components
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    env: Any = None
+    policy: Any = None
+
+    def __post_init__(self) -> None:
+        _choice(self.precision, ["auto", "fp32", "bf16"], "precision")
+        if self.total_steps <= 0:
+            raise ConfigError(f"total_steps must be > 0, got {self.total_steps}")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise ConfigError(f"device={self.device!r} is not valid; valid choices: auto, cpu, cuda, cuda:N")
+
+
+def config_dir() -> Path:
+    """The packaged ``configs/`` folder (installed as the ``configs`` package)."""
+    import configs
+
+    return Path(configs.__file__).resolve().parent
+
+
+def _validate_section(section: DictConfig, registry, what: str):
+    if section is None or "name" not in section:
+        raise ConfigError(f"{what}.name is missing; valid choices: {', '.join(registry.names())}")
+    component = registry.get(section.name)
+    schema = getattr(component, "Config", None)
+    if schema is None:
+        raise ConfigError(f"{what} '{section.name}' has no Config dataclass")
+    return _to_dataclass(schema, section, what)
+
+
+def _to_dataclass(schema, section, what: str):
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), section)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or getattr(e, "key", None)
+        valid = ", ".join(f.name for f in dataclasses.fields(schema))
+        msg = str(e).splitlines()[0]
+        if "not in" in msg or "Key" in type(e).__name__:
+            raise ConfigError(f"unknown config key '{what}.{key}'; valid keys: {valid}") from None
+        raise ConfigError(f"bad value for '{what}.{key}': {msg}") from None
+
+
+def validate(cfg: DictConfig) -> RunConfig:
+    """Turn a composed config into typed dataclasses, failing with one clear line."""
+    import workbench.plugins as plugins
+
+    plugins.load(list(cfg.get("imports") or []))
+    top = OmegaConf.create({k: v for k, v in cfg.items() if k not in ("algo", "env", "policy")})
+    run = _to_dataclass(RunConfig, top, "run") if top else RunConfig()
+    run.algo = _to_dataclass(AlgoConfig, cfg.get("algo") or {}, "algo")
+    run.env = _validate_section(cfg.get("env"), ENVS, "env")
+    run.policy = _validate_section(cfg.get("policy"), POLICIES, "policy")
+    return run
+
+
+def compose(overrides: List[str]) -> DictConfig:
+    """Compose ``configs/config.yaml`` with command-line overrides (Hydra syntax)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(version_base=None, config_dir=str(config_dir())):
+            return hydra_compose(config_name="config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(_hydra_message(e)) from None
+
+
+def _hydra_message(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    if "Could not override" in text and "Key '" in text:
+        key = text.split("Could not override '")[1].split("'")[0]
+        return f"unknown config key '{key}' (use +{key}=... only for keys a component accepts)"
+    return text
+
+
+def to_yaml(run: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(run))
+
+
+def load_saved(run_dir: Path, overrides: List[str]) -> RunConfig:
+    """The resolved config a run saved, with ``key=value`` overrides applied (for resume)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise ConfigError(f"no config.yaml in run directory '{run_dir}'")
+    base = OmegaConf.load(path)
+    try:
+        extra = OmegaConf.from_dotlist([o.lstrip("+") for o in overrides])
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad override: {e}") from None
+    return validate(OmegaConf.merge(base, extra))

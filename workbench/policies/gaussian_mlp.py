@@ -1,0 +1,122 @@
+"""Gaussian actor-critic for continuous control (CleanRL's ppo_continuous_action agent).
+
+Separate actor and critic MLPs with orthogonal init, a state-independent log-std, and a
+running observation normaliser whose statistics are part of the policy (so evaluation and
+resume see the same inputs the policy was trained on).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, NamedTuple, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from workbench.environment import EnvSpec
+from workbench.normalization import RunningMeanStd
+from workbench.objectives import PolicyOutput
+from workbench.policies.base import Policy
+from workbench.registry import ConfigError, POLICIES
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
+LOG_2PI = math.log(2 * math.pi)
+
+
+def mlp(sizes: List[int], activation: str, out_gain: float, ortho: bool) -> nn.Sequential:
+    layers: List[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        linear = nn.Linear(sizes[i], sizes[i + 1])
+        last = i == len(sizes) - 2
+        if ortho:
+            nn.init.orthogonal_(linear.weight, out_gain if last else math.sqrt(2))
+            nn.init.zeros_(linear.bias)
+        layers.append(linear)
+        if not last:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+class ActOutput(NamedTuple):
+    actions: torch.Tensor  # [E, A] sampled (unclipped) actions
+    logp: torch.Tensor  # [E]
+    values: torch.Tensor  # [E]
+    obs: torch.Tensor  # [E, D] the normalised observation the policy saw (stored for evaluate)
+
+
+@POLICIES.register("gaussian_mlp")
+class GaussianMLPPolicy(Policy):
+    sample_unit = "cell"
+
+    @dataclass
+    class Config:
+        name: str = "gaussian_mlp"
+        hidden: List[int] = field(default_factory=lambda: [64, 64])
+        critic_hidden: Optional[List[int]] = None  # default: same as hidden
+        activation: str = "tanh"
+        log_std_init: float = 0.0
+        ortho_init: bool = True
+        normalize_obs: bool = True
+        clip_obs: float = 10.0
+
+        def __post_init__(self) -> None:
+            if self.activation not in ACTIVATIONS:
+                raise ConfigError(f"policy.activation={self.activation!r} is not valid; valid choices: {', '.join(ACTIVATIONS)}")
+
+    def __init__(self, cfg: "GaussianMLPPolicy.Config", spec: EnvSpec) -> None:
+        super().__init__()
+        if len(spec.observation_shape) != 1:
+            raise ConfigError(f"gaussian_mlp needs flat observations, got shape {spec.observation_shape}")
+        self.cfg = cfg
+        obs_dim, act_dim = spec.observation_shape[0], spec.action_dim
+        critic_hidden = cfg.critic_hidden or cfg.hidden
+        self.actor = mlp([obs_dim, *cfg.hidden, act_dim], cfg.activation, 0.01, cfg.ortho_init)
+        self.critic = mlp([obs_dim, *critic_hidden, 1], cfg.activation, 1.0, cfg.ortho_init)
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(cfg.log_std_init)))
+        self.obs_rms = RunningMeanStd((obs_dim,))
+
+    @property
+    def device(self) -> torch.device:
+        return self.log_std.device
+
+    def _gaussian_logp(self, mean: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        z = (actions - mean) * torch.exp(-self.log_std)
+        return -0.5 * (z * z).sum(-1) - self.log_std.sum() - 0.5 * LOG_2PI * mean.shape[-1]
+
+    def entropy_per_step(self) -> torch.Tensor:
+        return self.log_std.sum() + 0.5 * (1.0 + LOG_2PI) * self.log_std.numel()
+
+    def prepare_obs(self, obs: np.ndarray, update_stats: bool) -> torch.Tensor:
+        x = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        if not self.cfg.normalize_obs:
+            return x
+        if update_stats:
+            self.obs_rms.update(x)
+        return self.obs_rms.normalize(x, self.cfg.clip_obs).float()
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = False, update_stats: bool = True) -> ActOutput:
+        """Sample actions for a [E, D] batch of raw observations."""
+        x = self.prepare_obs(obs, update_stats)
+        mean = self.actor(x)
+        if deterministic:
+            actions = mean
+        else:
+            actions = mean + torch.exp(self.log_std) * torch.randn_like(mean)
+        logp = self._gaussian_logp(mean, actions)
+        values = self.critic(x).squeeze(-1)
+        return ActOutput(actions, logp, values, x)
+
+    @torch.no_grad()
+    def value_of(self, obs: np.ndarray) -> torch.Tensor:
+        """[E] value of raw observations (no statistics update), for bootstrapping truncations."""
+        return self.critic(self.prepare_obs(obs, update_stats=False)).squeeze(-1)
+
+    def evaluate(self, policy_inputs: Dict[str, torch.Tensor]) -> PolicyOutput:
+        obs, actions = policy_inputs["obs"], policy_inputs["actions"]  # [M, 1, D], [M, 1, A]
+        mean = self.actor(obs)
+        logp = self._gaussian_logp(mean.float(), actions)
+        values = self.critic(obs).squeeze(-1).float()
+        entropy = self.entropy_per_step().expand_as(logp)
+        return PolicyOutput(logp=logp, entropy=entropy, values=values)

@@ -1,0 +1,117 @@
+"""Run logging: rich progress, TensorBoard scalars, metrics.jsonl, and a learning-curve PNG."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+HEADLINE = ("episode/return", "eval/return_mean", "reward/mean", "accuracy")
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, progress: bool = True, tensorboard: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.console = Console(stderr=True)
+        self.metrics_file = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.run_dir / "tb"))
+            except ImportError:  # tensorboard is a core dependency, but logging must not kill a run
+                self.console.print("[yellow]tensorboard not importable; TensorBoard logging off[/]")
+        self.interactive = progress and sys.stderr.isatty()
+        self.progress: Optional[Progress] = None
+        if self.interactive:
+            self.progress = Progress(
+                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
+            )
+            self.task = self.progress.add_task("train", total=total_steps, completed=start_step, info="")
+            self.progress.start()
+        self.last_print = 0.0
+        self.last_return: Optional[float] = None
+
+    def log(self, step: int, metrics: Dict[str, float]) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        self.metrics_file.write(json.dumps({"step": step, **clean}) + "\n")
+        if self.writer is not None:
+            for k, v in clean.items():
+                self.writer.add_scalar(k, v, step)
+        for key in HEADLINE:
+            if key in clean:
+                self.last_return = clean[key]
+                break
+        info = f"{clean.get('perf/steps_per_s', 0):,.0f} steps/s"
+        if self.last_return is not None:
+            info += f"  return {self.last_return:,.1f}"
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, info=info)
+        elif time.monotonic() - self.last_print > 5 or "eval/return_mean" in clean:
+            self.last_print = time.monotonic()
+            extra = f"  eval {clean['eval/return_mean']:,.1f} ± {clean.get('eval/return_std', 0):,.1f}" if "eval/return_mean" in clean else ""
+            self.console.print(f"step {step:>9,}  {info}{extra}", highlight=False)
+
+    def message(self, text: str) -> None:
+        self.console.print(text, highlight=False)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        if self.writer is not None:
+            self.writer.close()
+        self.metrics_file.close()
+
+
+def read_metrics(run_dir: Path) -> List[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_learning_curve(run_dir: Path, title: str = "") -> Path:
+    """Plot returns (training episodes and evaluations) and losses against steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(run_dir)
+    panels = [
+        ("return", [("episode/return", "train episodes"), ("eval/return_mean", "eval (deterministic)"), ("reward/mean", "reward")]),
+        ("losses", [("loss/policy", "policy"), ("loss/value", "value")]),
+        ("policy", [("policy/approx_kl", "approx KL"), ("policy/clip_frac", "clip fraction"), ("policy/entropy", "entropy")]),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, (name, series) in zip(axes, panels):
+        for key, label in series:
+            pts = [(r["step"], r[key]) for r in rows if key in r]
+            if pts:
+                xs, ys = zip(*pts)
+                style = "o-" if key.startswith("eval") else "-"
+                ax.plot(xs, ys, style, label=label, markersize=3)
+        if name == "return":
+            stds = [(r["step"], r["eval/return_mean"], r.get("eval/return_std", 0.0)) for r in rows if "eval/return_mean" in r]
+            if stds:
+                xs, m, s = zip(*stds)
+                ax.fill_between(xs, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], alpha=0.2, color="C1")
+        ax.set_title(name)
+        ax.set_xlabel("env steps")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(run_dir) / "learning_curve.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

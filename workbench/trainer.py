@@ -1,0 +1,208 @@
+"""The one training loop: collect -> rewards -> advantages -> epochs x minibatches -> log -> checkpoint.
+
+It knows nothing about modalities: the env adapter fills a ``Batch``, the policy scores a
+``Minibatch``, and registered functions (chosen in ``algo``) turn them into a loss.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import numpy as np
+import torch
+
+import workbench.schedules  # noqa: F401  (registers lr schedules)
+from workbench import checkpoint
+from workbench.advantages import compute_advantages, normalize_advantages
+from workbench.batch import Batch, Minibatch
+from workbench.config import RunConfig, to_yaml
+from workbench.objectives import objective
+from workbench.registry import ENVS, LR_SCHEDULES, POLICIES
+from workbench.runlog import RunLogger, plot_learning_curve
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. the loss stayed non-finite); the last checkpoint is intact."""
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"device={name} was asked for but CUDA is not available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def minibatches(batch: Batch, unit: str, num_minibatches: int) -> Iterator[Minibatch]:
+    """One epoch of shuffled minibatches: whole rows, or single (row, step) cells as [M, 1]."""
+    if unit == "row":
+        order = torch.randperm(batch.num_rows, device=batch.mask.device)
+        pick = lambda t: t[idx]  # noqa: E731
+        pick_input = pick
+    else:
+        flat_mask = batch.mask.reshape(-1)
+        valid = flat_mask.nonzero().squeeze(1)
+        order = valid[torch.randperm(valid.numel(), device=valid.device)]
+        pick = lambda t: t.reshape(-1)[idx].unsqueeze(1)  # noqa: E731
+        pick_input = lambda t: t.reshape(-1, *t.shape[2:])[idx].unsqueeze(1)  # noqa: E731
+    size = max(1, order.numel() // num_minibatches)
+    for start in range(0, size * num_minibatches, size):
+        idx = order[start:start + size]
+        if idx.numel() == 0:
+            return
+        yield Minibatch(
+            logp_old=pick(batch.logp_old),
+            mask=pick(batch.mask),
+            advantages=pick(batch.advantages),
+            returns=pick(batch.returns) if batch.returns is not None else None,
+            values_old=pick(batch.values) if batch.values is not None else None,
+            ref_logp=pick(batch.ref_logp) if batch.ref_logp is not None else None,
+            policy_inputs={k: pick_input(v) for k, v in batch.policy_inputs.items()},
+        )
+
+
+class Trainer:
+    def __init__(self, run: RunConfig, run_dir: Path) -> None:
+        self.run, self.algo, self.run_dir = run, run.algo, Path(run_dir)
+        torch.set_num_threads(run.threads)
+        seed_everything(run.seed)
+        self.device = select_device(run.device)
+        self.bf16 = run.precision == "bf16" or (run.precision == "auto" and self.device.type == "cuda")
+        self.env = ENVS.get(run.env.name)(run.env, seed=run.seed)
+        self.policy = POLICIES.get(run.policy.name)(run.policy, self.env.spec()).to(self.device)
+        fused = self.device.type in ("cpu", "cuda")
+        self.optimizer = torch.optim.Adam(
+            self.policy.param_groups(), lr=self.algo.lr, eps=self.algo.adam_eps, weight_decay=self.algo.weight_decay, fused=fused
+        )
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.num_iterations = math.ceil(run.total_steps / self.env.steps_per_collect)
+        self.iteration, self.step = 0, 0
+        self.nonfinite_updates = 0
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> Dict:
+        return {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "env": self.env.state_dict(),
+            "rng": checkpoint.rng_state(),
+            "counters": {"iteration": self.iteration, "step": self.step},
+        }
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.env.load_state_dict(state["env"])
+        checkpoint.set_rng_state(state["rng"])
+        self.iteration, self.step = int(state["counters"]["iteration"]), int(state["counters"]["step"])
+
+    def save_checkpoint(self) -> Path:
+        path = checkpoint.save(checkpoint.checkpoint_path(self.run_dir / "checkpoints", self.iteration), self.state_dict())
+        checkpoint.prune(self.run_dir / "checkpoints", self.run.keep_checkpoints)
+        return path
+
+    # ------------------------------------------------------------------ update
+    def update(self, batch: Batch) -> Dict[str, float]:
+        algo = self.algo
+        sums: Dict[str, float] = {}
+        count = 0
+        stop = False
+        for _ in range(algo.update_epochs):
+            for mb in minibatches(batch, self.policy.sample_unit, algo.num_minibatches):
+                if algo.normalize_advantages == "minibatch":
+                    mb.advantages = normalize_advantages(mb.advantages, mb.mask)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                    out = self.policy.evaluate(mb.policy_inputs)
+                loss, metrics = objective(out, mb, algo)
+                if not torch.isfinite(loss):
+                    self.nonfinite_updates += 1
+                    if self.nonfinite_updates > 10:
+                        raise TrainingError("loss was non-finite more than 10 times; stopping (last checkpoint is intact)")
+                    continue  # skip this minibatch rather than corrupt the weights
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if algo.max_grad_norm:
+                    metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, algo.max_grad_norm, foreach=True)
+                self.optimizer.step()
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                count += 1
+                if algo.target_kl is not None and float(metrics["policy/approx_kl"]) > 1.5 * algo.target_kl:
+                    stop = True
+                    break
+            if stop:
+                break
+        stats = {k: v / max(count, 1) for k, v in sums.items()}
+        stats["update/minibatches"] = float(count)
+        if batch.returns is not None and batch.values is not None:
+            m = batch.mask > 0
+            y, v = batch.returns[m], batch.values[m]
+            stats["loss/explained_variance"] = float(1 - torch.var(y - v) / torch.var(y)) if torch.var(y) > 0 else 0.0
+        return stats
+
+    # ------------------------------------------------------------------ loop
+    def train(self, logger: Optional[RunLogger] = None) -> Dict[str, float]:
+        run = self.run
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(to_yaml(run))
+        logger = logger or RunLogger(self.run_dir, run.total_steps, self.step, progress=run.progress)
+        schedule = LR_SCHEDULES.get(self.algo.lr_schedule)
+        final: Dict[str, float] = {}
+        try:
+            while self.step < run.total_steps:
+                t0 = time.perf_counter()
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.algo.lr * schedule(self.iteration / self.num_iterations)
+                self.policy.eval()
+                batch = self.env.collect(self.policy)
+                batch = self.env.score(batch)
+                batch = compute_advantages(batch, self.algo)
+                t_collect = time.perf_counter() - t0
+                self.policy.train()
+                stats = self.update(batch)
+                self.iteration += 1
+                self.step += self.env.steps_per_collect
+                elapsed = time.perf_counter() - t0
+                metrics = {
+                    **self.env.pop_metrics(), **stats,
+                    "reward/mean": float((batch.rewards * batch.mask).sum() / batch.mask.sum()),
+                    "perf/steps_per_s": self.env.steps_per_collect / elapsed,
+                    "perf/collect_s": t_collect, "perf/update_s": elapsed - t_collect,
+                    "lr": self.optimizer.param_groups[0]["lr"], "iteration": float(self.iteration),
+                }
+                if run.eval_every and self.iteration % run.eval_every == 0 and self.step < run.total_steps:
+                    metrics.update(self.env.evaluate(self.policy, run.eval_episodes))
+                logger.log(self.step, metrics)
+                if run.checkpoint_every and self.iteration % run.checkpoint_every == 0:
+                    self.save_checkpoint()
+            self.save_checkpoint()
+            if run.eval_episodes > 0:
+                final = self.env.evaluate(self.policy, run.eval_episodes)
+                logger.log(self.step, final)
+        finally:
+            logger.close()
+            self.env.close()
+        plot_learning_curve(self.run_dir, title=f"{run.name} ({run.env.name}: {getattr(run.env, 'id', '')}, {self.algo.name})")
+        return final
+
+    def resume(self) -> None:
+        """Load the newest checkpoint of ``run_dir`` and drop log lines written after it."""
+        path = checkpoint.latest(self.run_dir / "checkpoints")
+        if path is None:
+            raise TrainingError(f"no checkpoint to resume from in {self.run_dir / 'checkpoints'}")
+        self.load_state_dict(checkpoint.load(path))
+        metrics = self.run_dir / "metrics.jsonl"
+        if metrics.exists():
+            import json
+
+            kept: List[str] = [line for line in metrics.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= self.step]
+            metrics.write_text("".join(line + "\n" for line in kept))
