@@ -1,33 +1,39 @@
-"""Running mean/variance (Welford/Chan parallel update), as in gymnasium's NormalizeObservation."""
+"""Running mean/variance (Chan et al. parallel update), as in gymnasium's NormalizeObservation.
+
+Kept in numpy on the host: observations arrive from the simulator as numpy arrays, and
+updating a few float64 vectors there costs microseconds where torch ops on tiny tensors cost
+tens of them per control step.
+"""
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import Dict
+
+import numpy as np
 
 
-class RunningMeanStd(nn.Module):
-    """Tracks mean and variance of a stream of [B, *shape] samples; state lives in buffers
-    so it is saved with the policy and restored exactly on resume."""
-
+class RunningMeanStd:
     def __init__(self, shape: tuple, epsilon: float = 1e-4) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
-        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
-        self.register_buffer("count", torch.tensor(epsilon, dtype=torch.float64))
+        self.mean = np.zeros(shape, dtype=np.float64)
+        self.var = np.ones(shape, dtype=np.float64)
+        self.count = float(epsilon)
 
-    @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        x = x.to(torch.float64)
-        batch_mean = x.mean(dim=0)
-        batch_var = x.var(dim=0, unbiased=False)
-        n = x.shape[0]
+    def update(self, x: np.ndarray) -> None:
+        """Fold in a [B, *shape] batch of samples."""
+        batch_mean, batch_var, n = x.mean(axis=0), x.var(axis=0), x.shape[0]
         delta = batch_mean - self.mean
         total = self.count + n
-        self.mean += delta * n / total
-        m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
-        self.var.copy_(m2 / total)
-        self.count.copy_(total)
+        self.mean = self.mean + delta * n / total
+        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
+        self.count = total
 
-    def normalize(self, x: torch.Tensor, clip: float | None = None, epsilon: float = 1e-8) -> torch.Tensor:
-        out = (x - self.mean.to(x.dtype)) / torch.sqrt(self.var.to(x.dtype) + epsilon)
-        return out.clamp(-clip, clip) if clip else out
+    def normalize(self, x: np.ndarray, clip: float | None = None, epsilon: float = 1e-8) -> np.ndarray:
+        out = (x - self.mean) / np.sqrt(self.var + epsilon)
+        return np.clip(out, -clip, clip) if clip else out
+
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        return {"mean": self.mean.copy(), "var": self.var.copy(), "count": np.array(self.count)}
+
+    def load_state_dict(self, state: Dict[str, np.ndarray]) -> None:
+        self.mean = np.asarray(state["mean"], dtype=np.float64).copy()
+        self.var = np.asarray(state["var"], dtype=np.float64).copy()
+        self.count = float(np.asarray(state["count"]))

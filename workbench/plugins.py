@@ -16,7 +16,11 @@ _loaded: set[str] = set()
 
 
 def load(extra: Iterable[str] = ()) -> None:
-    import workbench.policies  # noqa: F401  (the engine's own policies)
+    # the engine's own components register on import
+    import workbench.advantages  # noqa: F401
+    import workbench.objectives  # noqa: F401
+    import workbench.policies  # noqa: F401
+    import workbench.schedules  # noqa: F401
 
     modules = [ep.value for ep in entry_points(group="workbench.plugins")] + list(extra)
     for name in modules:

@@ -13,6 +13,7 @@ from typing import Dict, List, NamedTuple, Optional
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from workbench.environment import EnvSpec
 from workbench.normalization import RunningMeanStd
@@ -36,6 +37,14 @@ def mlp(sizes: List[int], activation: str, out_gain: float, ortho: bool) -> nn.S
         if not last:
             layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
+
+
+def fast_forward(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """The same computation as ``net(x)`` without per-module call overhead (hooks, dispatch):
+    on one control step the module machinery costs more than the arithmetic."""
+    for layer in net:
+        x = F.linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else layer(x)
+    return x
 
 
 class ActOutput(NamedTuple):
@@ -88,30 +97,36 @@ class GaussianMLPPolicy(Policy):
         return self.log_std.sum() + 0.5 * (1.0 + LOG_2PI) * self.log_std.numel()
 
     def prepare_obs(self, obs: np.ndarray, update_stats: bool) -> torch.Tensor:
-        x = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        if not self.cfg.normalize_obs:
-            return x
-        if update_stats:
-            self.obs_rms.update(x)
-        return self.obs_rms.normalize(x, self.cfg.clip_obs).float()
+        """[E, D] raw observations -> normalised float32 tensor on the policy's device."""
+        if self.cfg.normalize_obs:
+            if update_stats:
+                self.obs_rms.update(obs)
+            obs = self.obs_rms.normalize(obs, self.cfg.clip_obs)
+        return torch.as_tensor(obs, dtype=torch.float32).to(self.device, non_blocking=True)
+
+    def get_extra_state(self):
+        return self.obs_rms.state_dict()
+
+    def set_extra_state(self, state) -> None:
+        self.obs_rms.load_state_dict(state)
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False, update_stats: bool = True) -> ActOutput:
         """Sample actions for a [E, D] batch of raw observations."""
         x = self.prepare_obs(obs, update_stats)
-        mean = self.actor(x)
+        mean = fast_forward(self.actor, x)
         if deterministic:
             actions = mean
         else:
             actions = mean + torch.exp(self.log_std) * torch.randn_like(mean)
         logp = self._gaussian_logp(mean, actions)
-        values = self.critic(x).squeeze(-1)
+        values = fast_forward(self.critic, x).squeeze(-1)
         return ActOutput(actions, logp, values, x)
 
     @torch.no_grad()
     def value_of(self, obs: np.ndarray) -> torch.Tensor:
         """[E] value of raw observations (no statistics update), for bootstrapping truncations."""
-        return self.critic(self.prepare_obs(obs, update_stats=False)).squeeze(-1)
+        return fast_forward(self.critic, self.prepare_obs(obs, update_stats=False)).squeeze(-1)
 
     def evaluate(self, policy_inputs: Dict[str, torch.Tensor]) -> PolicyOutput:
         obs, actions = policy_inputs["obs"], policy_inputs["actions"]  # [M, 1, D], [M, 1, A]
