@@ -22,6 +22,21 @@ from workbench.environment import Environment, EnvSpec
 from workbench.registry import ConfigError, ENVS
 
 
+def _route_mujoco_warnings() -> None:
+    """Send MuJoCo's warnings to Python logging instead of stdout and a MUJOCO_LOG.TXT in the
+    working directory. gymnasium's v5 models use ``settotalmass``, which MuJoCo >= 4 flags as
+    deprecated on every env creation: that one goes to debug."""
+    import logging
+
+    import mujoco
+
+    log = logging.getLogger("mujoco")
+    mujoco.set_mju_user_warning(lambda msg: (log.debug if "settotalmass" in msg else log.warning)(msg))
+
+
+_route_mujoco_warnings()
+
+
 class SimState(gym.Wrapper):
     """Exposes get_state/set_state of the whole simulator for exact checkpoint/resume.
 
@@ -126,6 +141,7 @@ class GymControlEnv(Environment):
         normalize_reward: bool = True
         reward_gamma: float = 0.99  # discount of the return whose std scales rewards
         clip_reward: float = 10.0
+        video_size: int = 240  # pixels of evaluation videos (software rendering is slow on CPU)
         kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to gymnasium.make
 
         def __post_init__(self) -> None:
@@ -223,7 +239,8 @@ class GymControlEnv(Environment):
     def evaluate(self, policy, episodes: int, video_path: Optional[str] = None, seed: Optional[int] = None) -> Dict[str, float]:
         """Deterministic (mean-action) returns over ``episodes`` fresh episodes, frozen obs stats."""
         render = video_path is not None
-        env = make_env(self.cfg.id, 0, dict(self.cfg.kwargs), render_mode="rgb_array" if render else None)()
+        env = make_env(self.cfg.id, 0, dict(self.cfg.kwargs), render_mode="rgb_array" if render else None,
+                       **({"width": self.cfg.video_size, "height": self.cfg.video_size} if render else {}))()
         returns, lengths, frames = [], [], []
         base_seed = (self.seed if seed is None else seed) + 10_000
         try:

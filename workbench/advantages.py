@@ -86,7 +86,10 @@ def gae_estimator(batch: Batch, cfg) -> Advantages:
     next_values = _require(batch, "next_values", "gae")
     truncated = batch.truncated if batch.truncated is not None else torch.zeros_like(batch.dones)
     terminated = batch.dones * (1.0 - truncated)
-    adv, ret = gae(batch.rewards, values, next_values, batch.dones, terminated, cfg.gamma, cfg.gae_lambda)
+    # the recursion never reaches into padding: a valid step followed by padding ends its segment
+    next_mask = torch.cat([batch.mask[:, 1:], torch.ones_like(batch.mask[:, :1])], dim=1)
+    ends = torch.maximum(batch.dones, 1.0 - next_mask)
+    adv, ret = gae(batch.rewards, values, next_values, ends, terminated, cfg.gamma, cfg.gae_lambda)
     return adv * batch.mask, ret * batch.mask
 
 

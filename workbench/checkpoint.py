@@ -29,7 +29,7 @@ def _flatten(obj: Any, tensors: Dict[str, torch.Tensor]) -> Any:
         return {"__tensor__": key}
     if isinstance(obj, np.ndarray):
         key = f"t{len(tensors)}"
-        tensors[key] = torch.from_numpy(np.ascontiguousarray(obj).copy())
+        tensors[key] = torch.from_numpy(np.array(obj, order="C", copy=True))  # keeps 0-d shape
         return {"__ndarray__": key}
     if isinstance(obj, np.generic):
         return obj.item()

@@ -124,7 +124,8 @@ def cmd_list(args) -> int:
 def cmd_bench(args) -> int:
     from workbench.bench import run_benchmark
 
-    return run_benchmark(args.name, args.json, args.rest)
+    as_json = args.json or "--json" in args.rest
+    return run_benchmark(args.name, as_json, [a for a in args.rest if a != "--json"])
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -99,7 +99,7 @@ class RunConfig:
     resume: Optional[str] = None  # a run directory to continue exactly
     checkpoint_every: int = 10  # iterations; 0 = only at the end
     keep_checkpoints: int = 2
-    eval_every: int = 0  # iterations; 0 = only at the end
+    eval_every: int = 0  # env steps between evaluations; 0 = only at the end
     eval_episodes: int = 10
     progress: bool = True
     imports: List[str] = field(default_factory=list)  # extra modules that register components
@@ -173,10 +173,13 @@ def compose(overrides: List[str]) -> DictConfig:
 
 def _hydra_message(e: Exception) -> str:
     text = " ".join(str(e).split())
-    if "Could not override" in text and "Key '" in text:
+    if text.startswith("Could not override '"):
         key = text.split("Could not override '")[1].split("'")[0]
-        return f"unknown config key '{key}' (use +{key}=... only for keys a component accepts)"
-    return text
+        section, _, _ = key.rpartition(".")
+        schema = {"algo": AlgoConfig, "": RunConfig}.get(section)
+        valid = f"; valid keys: {', '.join(f.name for f in dataclasses.fields(schema))}" if schema else ""
+        return f"unknown config key '{key}'{valid}"
+    return text.split(" Config search path:")[0]
 
 
 def to_yaml(run: RunConfig) -> str:

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-HEADLINE = ("episode/return", "eval/return_mean", "reward/mean", "accuracy")
+HEADLINE = ("episode/return", "accuracy")  # what the progress line shows, first found wins
 
 
 class RunLogger:
@@ -37,7 +37,8 @@ class RunLogger:
             self.task = self.progress.add_task("train", total=total_steps, completed=start_step, info="")
             self.progress.start()
         self.last_print = 0.0
-        self.last_return: Optional[float] = None
+        self.last_return: Optional[tuple] = None
+        self.last_speed = 0.0
 
     def log(self, step: int, metrics: Dict[str, float]) -> None:
         clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
@@ -47,11 +48,13 @@ class RunLogger:
                 self.writer.add_scalar(k, v, step)
         for key in HEADLINE:
             if key in clean:
-                self.last_return = clean[key]
+                self.last_return = (key.split("/")[-1].replace("_mean", ""), clean[key])
                 break
-        info = f"{clean.get('perf/steps_per_s', 0):,.0f} steps/s"
+        if "perf/steps_per_s" in clean:
+            self.last_speed = clean["perf/steps_per_s"]
+        info = f"{self.last_speed:,.0f} steps/s"
         if self.last_return is not None:
-            info += f"  return {self.last_return:,.1f}"
+            info += f"  {self.last_return[0]} {self.last_return[1]:,.1f}"
         if self.progress is not None:
             self.progress.update(self.task, completed=step, info=info)
         elif time.monotonic() - self.last_print > 5 or "eval/return_mean" in clean:

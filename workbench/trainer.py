@@ -86,7 +86,8 @@ class Trainer:
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.num_iterations = math.ceil(run.total_steps / self.env.steps_per_collect)
         self.iteration, self.step = 0, 0
-        self.nonfinite_updates = 0
+        self.nonfinite_updates = 0  # minibatches skipped for a non-finite loss (logged)
+        self.nonfinite_streak = 0
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict:
@@ -125,9 +126,11 @@ class Trainer:
                 loss, metrics = objective(out, mb, algo)
                 if not torch.isfinite(loss):
                     self.nonfinite_updates += 1
-                    if self.nonfinite_updates > 10:
-                        raise TrainingError("loss was non-finite more than 10 times; stopping (last checkpoint is intact)")
+                    self.nonfinite_streak += 1
+                    if self.nonfinite_streak > 10:
+                        raise TrainingError("loss was non-finite on 11 minibatches in a row; stopping (last checkpoint is intact)")
                     continue  # skip this minibatch rather than corrupt the weights
+                self.nonfinite_streak = 0
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if algo.max_grad_norm:
@@ -143,6 +146,7 @@ class Trainer:
                 break
         stats = {k: v / max(count, 1) for k, v in sums.items()}
         stats["update/minibatches"] = float(count)
+        stats["update/nonfinite_skipped"] = float(self.nonfinite_updates)
         if batch.returns is not None and batch.values is not None:
             m = batch.mask > 0
             y, v = batch.returns[m], batch.values[m]
@@ -150,7 +154,7 @@ class Trainer:
         return stats
 
     # ------------------------------------------------------------------ loop
-    def train(self, logger: Optional[RunLogger] = None) -> Dict[str, float]:
+    def train(self, logger: Optional[RunLogger] = None, plot: bool = True) -> Dict[str, float]:
         run = self.run
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(to_yaml(run))
@@ -179,7 +183,8 @@ class Trainer:
                     "perf/collect_s": t_collect, "perf/update_s": elapsed - t_collect,
                     "lr": self.optimizer.param_groups[0]["lr"], "iteration": float(self.iteration),
                 }
-                if run.eval_every and self.iteration % run.eval_every == 0 and self.step < run.total_steps:
+                if run.eval_every and self.step // run.eval_every > (self.step - self.env.steps_per_collect) // run.eval_every \
+                        and self.step < run.total_steps:
                     metrics.update(self.env.evaluate(self.policy, run.eval_episodes))
                 logger.log(self.step, metrics)
                 if run.checkpoint_every and self.iteration % run.checkpoint_every == 0:
@@ -191,7 +196,8 @@ class Trainer:
         finally:
             logger.close()
             self.env.close()
-        plot_learning_curve(self.run_dir, title=f"{run.name} ({run.env.name}: {getattr(run.env, 'id', '')}, {self.algo.name})")
+        if plot:
+            plot_learning_curve(self.run_dir, title=f"{run.name} ({run.env.name}: {getattr(run.env, 'id', '')}, {self.algo.name})")
         return final
 
     def resume(self) -> None:

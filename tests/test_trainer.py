@@ -1,0 +1,105 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from workbench.config import compose, validate
+from workbench.runlog import read_metrics
+from workbench.trainer import Trainer, TrainingError, minibatches
+
+SMALL = ["env.num_envs=2", "env.rollout_steps=64", "algo.num_minibatches=4", "algo.update_epochs=2", "progress=false"]
+
+
+def trainer_for(tmp_path, *overrides):
+    return Trainer(validate(compose([*SMALL, *overrides])), tmp_path / "run")
+
+
+def test_minibatches_cover_every_valid_cell_once(tmp_path):
+    tr = trainer_for(tmp_path)
+    from workbench.advantages import compute_advantages
+
+    batch = compute_advantages(tr.env.score(tr.env.collect(tr.policy)), tr.algo)
+    batch = batch.with_(mask=batch.mask.clone())
+    batch.mask[1, 10:] = 0  # padding cells must never be sampled
+    seen = torch.cat([mb.logp_old.flatten() for mb in minibatches(batch, "cell", 4)])
+    expected = batch.logp_old[batch.mask > 0]
+    assert seen.numel() == expected.numel() - expected.numel() % 4
+    assert set(seen.tolist()) <= set(expected.tolist())
+    rows = list(minibatches(batch, "row", 2))
+    assert [mb.mask.shape for mb in rows] == [(1, 64), (1, 64)]
+    tr.env.close()
+
+
+def test_ppo_learns_inverted_pendulum(tmp_path):
+    tr = trainer_for(tmp_path, "total_steps=24576", "env.num_envs=4", "env.rollout_steps=256", "algo.update_epochs=10",
+                     "eval_episodes=5", "checkpoint_every=0")
+    before = tr.env.evaluate(tr.policy, 5)["eval/return_mean"]
+    tr = trainer_for(tmp_path, "total_steps=24576", "env.num_envs=4", "env.rollout_steps=256", "algo.update_epochs=10",
+                     "eval_episodes=5", "checkpoint_every=0")
+    final = tr.train(plot=False)
+    assert before < 60
+    assert final["eval/return_mean"] >= 300, final
+    returns = [r["episode/return"] for r in read_metrics(tmp_path / "run") if "episode/return" in r]
+    assert sum(returns[-3:]) / 3 > 3 * sum(returns[:3]) / 3
+
+
+def test_nonfinite_loss_is_skipped_then_stops(tmp_path):
+    tr = trainer_for(tmp_path, "total_steps=1024", "checkpoint_every=0", "eval_episodes=0")
+    weights = [p.detach().clone() for p in tr.policy.parameters()]
+    evaluate = tr.policy.evaluate
+
+    def poisoned(inputs):
+        out = evaluate(inputs)
+        out.logp = out.logp * float("nan")
+        return out
+
+    tr.policy.evaluate = poisoned
+    with pytest.raises(TrainingError, match="non-finite"):
+        tr.train(plot=False)
+    for before, p in zip(weights, tr.policy.parameters()):
+        torch.testing.assert_close(p.detach(), before)  # no NaN ever reached the weights
+    assert tr.nonfinite_updates == 11
+
+
+def test_run_directory_contents(tmp_path):
+    tr = trainer_for(tmp_path, "total_steps=256", "eval_episodes=2", "checkpoint_every=1", "keep_checkpoints=2")
+    tr.train()
+    run = tmp_path / "run"
+    assert {"config.yaml", "metrics.jsonl", "learning_curve.png", "checkpoints", "tb"} <= {p.name for p in run.iterdir()}
+    assert len(list((run / "checkpoints").iterdir())) == 2
+    assert "eval/return_mean" in read_metrics(run)[-1]
+    assert any(p.name.startswith("events.out.tfevents") for p in (run / "tb").iterdir())
+
+
+def _train_cmd(run_dir, *extra):
+    return [sys.executable, "-m", "workbench.cli", "train", *SMALL, "total_steps=3840", "checkpoint_every=1",
+            "keep_checkpoints=3", "eval_episodes=0", "algo.update_epochs=8", f"run_dir={run_dir}", *extra]
+
+
+def _comparable(run_dir):
+    return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in read_metrics(run_dir)]
+
+
+def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(_train_cmd(full), check=True, env=env, capture_output=True)
+
+    proc = subprocess.Popen(_train_cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = killed / "checkpoints" / "ckpt_00000010.safetensors"
+    deadline = time.time() + 120
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert _comparable(killed) != _comparable(full)
+
+    subprocess.run([sys.executable, "-m", "workbench.cli", "train", f"resume={killed}"], check=True, env=env, capture_output=True)
+    assert _comparable(killed) == _comparable(full)
+    assert len(_comparable(full)) == 30
