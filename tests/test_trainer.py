@@ -103,3 +103,20 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
     subprocess.run([sys.executable, "-m", "workbench.cli", "train", f"resume={killed}"], check=True, env=env, capture_output=True)
     assert _comparable(killed) == _comparable(full)
     assert len(_comparable(full)) == 30
+
+
+def test_target_kl_stops_the_epoch_loop_early(tmp_path):
+    from workbench.advantages import compute_advantages
+
+    tr = trainer_for(tmp_path, "algo.target_kl=1e-9", "algo.lr=0.01", "algo.update_epochs=5")
+    batch = compute_advantages(tr.env.score(tr.env.collect(tr.policy)), tr.algo)
+    stats = tr.update(batch)
+    assert stats["update/minibatches"] == 1  # 5 epochs x 4 minibatches were allowed
+    tr.env.close()
+
+
+def test_linear_lr_schedule_reaches_zero_at_the_end(tmp_path):
+    tr = trainer_for(tmp_path, "total_steps=512", "eval_episodes=0", "algo.lr=0.001")
+    tr.train(plot=False)
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "run")]
+    assert lrs == pytest.approx([0.001, 0.00075, 0.0005, 0.00025])

@@ -19,7 +19,11 @@ class RunningMeanStd:
 
     def update(self, x: np.ndarray) -> None:
         """Fold in a [B, *shape] batch of samples."""
-        batch_mean, batch_var, n = x.mean(axis=0), x.var(axis=0), x.shape[0]
+        n = x.shape[0]
+        if n == 1:  # the common single-env case: skip numpy's general reductions
+            batch_mean, batch_var = x[0], 0.0
+        else:
+            batch_mean, batch_var = x.mean(axis=0), x.var(axis=0)
         delta = batch_mean - self.mean
         total = self.count + n
         self.mean = self.mean + delta * n / total

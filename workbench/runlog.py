@@ -89,12 +89,15 @@ def plot_learning_curve(run_dir: Path, title: str = "") -> Path:
     import matplotlib.pyplot as plt
 
     rows = read_metrics(run_dir)
+    has_episodes = any("episode/return" in r for r in rows)
+    returns = [("episode/return", "train episodes"), ("eval/return_mean", "eval (deterministic)")]
     panels = [
-        ("return", [("episode/return", "train episodes"), ("eval/return_mean", "eval (deterministic)"), ("reward/mean", "reward")]),
+        ("return", returns if has_episodes else [("reward/mean", "mean reward"), *returns[1:]]),
         ("losses", [("loss/policy", "policy"), ("loss/value", "value")]),
-        ("policy", [("policy/approx_kl", "approx KL"), ("policy/clip_frac", "clip fraction"), ("policy/entropy", "entropy")]),
+        ("update", [("policy/approx_kl", "approx KL"), ("policy/clip_frac", "clip fraction")]),
+        ("entropy", [("policy/entropy", "entropy per step")]),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     for ax, (name, series) in zip(axes, panels):
         for key, label in series:
             pts = [(r["step"], r[key]) for r in rows if key in r]

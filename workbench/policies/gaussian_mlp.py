@@ -43,7 +43,12 @@ def fast_forward(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """The same computation as ``net(x)`` without per-module call overhead (hooks, dispatch):
     on one control step the module machinery costs more than the arithmetic."""
     for layer in net:
-        x = F.linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else layer(x)
+        if isinstance(layer, nn.Linear):
+            x = F.linear(x, layer.weight, layer.bias)
+        elif isinstance(layer, nn.Tanh):
+            x = torch.tanh(x)
+        else:
+            x = layer(x)
     return x
 
 
@@ -115,11 +120,10 @@ class GaussianMLPPolicy(Policy):
         """Sample actions for a [E, D] batch of raw observations."""
         x = self.prepare_obs(obs, update_stats)
         mean = fast_forward(self.actor, x)
-        if deterministic:
-            actions = mean
-        else:
-            actions = mean + torch.exp(self.log_std) * torch.randn_like(mean)
-        logp = self._gaussian_logp(mean, actions)
+        noise = torch.zeros_like(mean) if deterministic else torch.randn_like(mean)
+        actions = mean + torch.exp(self.log_std) * noise
+        # (actions - mean) / std is the noise itself: the log-density needs no second pass
+        logp = -0.5 * (noise * noise).sum(-1) - (self.log_std.sum() + 0.5 * LOG_2PI * mean.shape[-1])
         values = fast_forward(self.critic, x).squeeze(-1)
         return ActOutput(actions, logp, values, x)
 
@@ -130,8 +134,8 @@ class GaussianMLPPolicy(Policy):
 
     def evaluate(self, policy_inputs: Dict[str, torch.Tensor]) -> PolicyOutput:
         obs, actions = policy_inputs["obs"], policy_inputs["actions"]  # [M, 1, D], [M, 1, A]
-        mean = self.actor(obs)
+        mean = fast_forward(self.actor, obs)
         logp = self._gaussian_logp(mean.float(), actions)
-        values = self.critic(obs).squeeze(-1).float()
+        values = fast_forward(self.critic, obs).squeeze(-1).float()
         entropy = self.entropy_per_step().expand_as(logp)
         return PolicyOutput(logp=logp, entropy=entropy, values=values)
