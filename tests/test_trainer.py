@@ -111,7 +111,9 @@ def test_target_kl_stops_the_epoch_loop_early(tmp_path):
     tr = trainer_for(tmp_path, "algo.target_kl=1e-9", "algo.lr=0.01", "algo.update_epochs=5")
     batch = compute_advantages(tr.env.score(tr.env.collect(tr.policy)), tr.algo)
     stats = tr.update(batch)
-    assert stats["update/minibatches"] == 1  # 5 epochs x 4 minibatches were allowed
+    # KL is measured before each step: the first minibatch sees the collecting policy (KL 0),
+    # the second sees the first step's change and stops the loop (5 epochs x 4 were allowed)
+    assert stats["update/minibatches"] == 2
     tr.env.close()
 
 
