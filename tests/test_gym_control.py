@@ -115,3 +115,16 @@ def test_async_vector_env_collects_and_restores():
     assert len(state["sims"]) == 2 and "mujoco" in state["sims"][0]
     env.load_state_dict(state)
     env.close()
+
+
+@pytest.mark.parametrize("name", ["halfcheetah", "hopper", "walker2d", "ant", "inverted_pendulum", "reacher"])
+def test_every_shipped_env_config_collects(name):
+    from workbench.config import compose, validate
+    from workbench.registry import ENVS, POLICIES
+
+    run = validate(compose([f"env={name}", "env.rollout_steps=8", "env.num_envs=2"]))
+    env = ENVS.get(run.env.name)(run.env, seed=0)
+    policy = POLICIES.get(run.policy.name)(run.policy, env.spec())
+    batch = env.score(env.collect(policy))
+    assert batch.rewards.shape == (2, 8) and torch.isfinite(batch.rewards).all()
+    env.close()

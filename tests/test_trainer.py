@@ -122,3 +122,12 @@ def test_linear_lr_schedule_reaches_zero_at_the_end(tmp_path):
     tr.train(plot=False)
     lrs = [r["lr"] for r in read_metrics(tmp_path / "run")]
     assert lrs == pytest.approx([0.001, 0.00075, 0.0005, 0.00025])
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_training_runs_and_keeps_fp32_master_weights(tmp_path):
+    tr = trainer_for(tmp_path, "device=cuda", "precision=bf16", "total_steps=512", "eval_episodes=1")
+    assert tr.bf16 and tr.policy.log_std.device.type == "cuda"
+    final = tr.train(plot=False)
+    assert all(p.dtype == torch.float32 for p in tr.policy.parameters())
+    assert final["eval/return_mean"] > 0
