@@ -157,12 +157,13 @@ def objective(out: PolicyOutput, mb: Minibatch, cfg) -> Tuple[torch.Tensor, Dict
             loss = loss - cfg.ent_coef * ent
         metrics["policy/entropy"] = ent.detach()
     if cfg.beta > 0:
+        ref_logp = out.ref_logp if out.ref_logp is not None else mb.ref_logp
         if out.kl is not None:
             kl = out.kl
-        elif out.ref_logp is not None:
-            kl = KL_ESTIMATORS.get(cfg.kl_estimator)(out.logp, out.ref_logp)
+        elif ref_logp is not None:
+            kl = KL_ESTIMATORS.get(cfg.kl_estimator)(out.logp, ref_logp)
         else:
-            raise ConfigError("algo.beta > 0 but the policy gives neither ref_logp nor kl; set algo.beta=0")
+            raise ConfigError("algo.beta > 0 but there is no reference: set policy.reference (frozen or lora_base) or algo.beta=0")
         kl_term = aggregate(kl, mask, cfg.loss_agg_norm)
         loss = loss + cfg.beta * kl_term
         metrics["loss/kl_ref"] = kl_term.detach()

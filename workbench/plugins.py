@@ -20,6 +20,7 @@ def load(extra: Iterable[str] = ()) -> None:
     import workbench.advantages  # noqa: F401
     import workbench.objectives  # noqa: F401
     import workbench.policies  # noqa: F401
+    import workbench.rewards  # noqa: F401
     import workbench.schedules  # noqa: F401
 
     modules = [ep.value for ep in entry_points(group="workbench.plugins")] + list(extra)

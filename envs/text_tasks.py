@@ -1,0 +1,125 @@
+"""Verifiable text tasks: synthetic generators with a difficulty knob, and JSONL/Parquet datasets.
+
+A task hands out items ``{"question": str, "answer": str, ...}``; extra keys become reward
+columns (e.g. countdown's ``numbers`` and ``target``). Held-out items come from a separate
+random stream (synthetic) or split (datasets), so evaluation never sees training items.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Dict, List, Optional
+
+from workbench.registry import ConfigError, Registry
+
+TASKS: Registry = Registry("text task")
+
+
+@TASKS.register("arithmetic")
+class Arithmetic:
+    """``a op b`` with ``digits``-digit operands; the answer is the exact integer result."""
+
+    def __init__(self, digits: int = 2, ops: str = "+-", template: str = "{a}{op}{b}=", terms: int = 2) -> None:
+        if digits < 1 or terms < 2 or not set(ops) <= set("+-*"):
+            raise ConfigError("arithmetic task: digits >= 1, terms >= 2, ops from '+-*'")
+        self.digits, self.ops, self.template, self.terms = digits, ops, template, terms
+
+    def make(self, rng: random.Random) -> Dict[str, Any]:
+        hi = 10**self.digits - 1
+        nums = [rng.randint(0, hi) for _ in range(self.terms)]
+        ops = [rng.choice(self.ops) for _ in range(self.terms - 1)]
+        expr = str(nums[0]) + "".join(f"{op}{n}" for op, n in zip(ops, nums[1:]))
+        question = self.template.format(a=nums[0], op=ops[0], b=nums[1]) if self.terms == 2 else expr + "="
+        return {"question": question, "answer": str(eval(expr))}  # noqa: S307 - our own digits and operators
+
+
+@TASKS.register("countdown")
+class Countdown:
+    """Reach ``target`` from ``count`` numbers with + - * / (each number at most once).
+
+    Targets are built from a random expression over the numbers, so every item is solvable.
+    """
+
+    TEMPLATE = ("Using the numbers {numbers}, create an equation that equals {target}. You can use + - * / and each "
+                "number at most once. Show your reasoning in <think> </think> and give the equation in <answer> </answer>.")
+
+    def __init__(self, count: int = 3, max_number: int = 20, template: Optional[str] = None) -> None:
+        if count < 2:
+            raise ConfigError("countdown task: count >= 2")
+        self.count, self.max_number, self.template = count, max_number, template or self.TEMPLATE
+
+    def make(self, rng: random.Random) -> Dict[str, Any]:
+        while True:
+            numbers = [rng.randint(1, self.max_number) for _ in range(self.count)]
+            used = rng.sample(numbers, rng.randint(2, self.count))
+            expr = str(used[0])
+            for n in used[1:]:
+                expr = f"({expr}{rng.choice('+-*')}{n})"
+            target = eval(expr)  # noqa: S307 - digits and operators we generated
+            if 0 < target <= 1000:
+                question = self.template.format(numbers=numbers, target=target)
+                return {"question": question, "answer": str(target), "numbers": numbers, "target": target}
+
+
+@TASKS.register("dataset")
+class Dataset:
+    """Question/answer rows from a JSONL or Parquet file (GSM8K / MATH style) through HF datasets.
+
+    ``answer_delimiter`` keeps the text after it (GSM8K writes "reasoning #### 72").
+    """
+
+    def __init__(self, path: str, question_field: str = "question", answer_field: str = "answer",
+                 answer_delimiter: Optional[str] = "####", eval_fraction: float = 0.1, eval_path: Optional[str] = None) -> None:
+        self.train = self._load(path, question_field, answer_field, answer_delimiter)
+        if eval_path:
+            self.held_out = self._load(eval_path, question_field, answer_field, answer_delimiter)
+        else:
+            cut = max(1, int(len(self.train) * eval_fraction))
+            self.held_out, self.train = self.train[:cut], self.train[cut:]
+        if not self.train:
+            raise ConfigError(f"dataset '{path}' has too few rows to split off an evaluation set")
+
+    @staticmethod
+    def _load(path: str, q: str, a: str, delimiter: Optional[str]) -> List[Dict[str, Any]]:
+        from pathlib import Path
+
+        import datasets
+
+        if not Path(path).exists():
+            raise ConfigError(f"dataset file not found: {path}")
+        kind = "parquet" if path.endswith(".parquet") else "json"
+        rows = datasets.load_dataset(kind, data_files=path, split="train")
+        missing = [f for f in (q, a) if f not in rows.column_names]
+        if missing:
+            raise ConfigError(f"dataset '{path}' has no column(s) {missing}; columns: {rows.column_names}")
+        items = []
+        for i, row in enumerate(rows):
+            answer = str(row[a])
+            if delimiter and delimiter in answer:
+                answer = answer.split(delimiter)[-1].strip()
+            if not isinstance(row[q], str) or not answer:
+                raise ConfigError(f"dataset '{path}' row {i}: malformed sample (needs a text '{q}' and a non-empty '{a}')")
+            extra = {k: v for k, v in row.items() if k not in (q, a)}
+            items.append({**extra, "question": row[q], "answer": answer})
+        return items
+
+    def make(self, rng: random.Random) -> Dict[str, Any]:
+        return dict(rng.choice(self.train))
+
+    def eval_items(self, n: int) -> List[Dict[str, Any]]:
+        return [dict(x) for x in self.held_out[:n]]
+
+
+def build_task(name: str, kwargs: Dict[str, Any]):
+    cls = TASKS.get(name)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"env.task_kwargs for '{name}': {e}") from None
+
+
+def eval_items(task, n: int, seed: int) -> List[Dict[str, Any]]:
+    """A fixed held-out set: the dataset's split, or a synthetic stream seeded apart from training."""
+    if hasattr(task, "eval_items"):
+        return task.eval_items(n)
+    rng = random.Random(f"eval-{seed}")
+    return [task.make(rng) for _ in range(n)]

@@ -1,0 +1,230 @@
+"""Token policy: any transformers causal LM (hub id, local path, or a config for a tiny
+random model), optional LoRA through peft, optional reference model for KL.
+
+Each generated token is one step of a trajectory. Rows are scored whole (``sample_unit =
+"row"``): one forward pass gives every token's log-prob, with exactly the masking and
+position ids the rollout used. Vision-language models plug in by adding their pixel inputs to
+``policy_inputs``; the forward passes every extra input through to the model.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from workbench.environment import EnvSpec
+from workbench.objectives import PolicyOutput
+from workbench.policies.base import Policy
+from workbench.registry import ConfigError, POLICIES
+from workbench.rollout.base import SamplingConfig, TokenRollout
+
+CORE_INPUTS = ("input_ids", "attention_mask", "prompt_length")
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, with_entropy: bool = True):
+    """Per-token log-probs [B, T] of ``targets`` under ``logits`` [B, T, V], and entropies.
+
+    Entropy uses H = logZ - E_p[logit], which needs one softmax and no log of tiny numbers.
+    """
+    logits = logits.float()
+    logz = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
+    entropy = None
+    if with_entropy:
+        entropy = logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    return logp, entropy
+
+
+@POLICIES.register("causal_lm")
+class CausalLMPolicy(Policy):
+    sample_unit = "row"
+
+    @dataclass
+    class Config:
+        name: str = "causal_lm"
+        model: Optional[str] = None  # hub id or local path for from_pretrained
+        model_config: Optional[Dict[str, Any]] = None  # or a config dict ({model_type: qwen2, ...}): random init
+        tokenizer: Optional[str] = None  # default: the model's; "char" builds a character tokenizer in code
+        dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16
+        lora: Optional[Dict[str, Any]] = None  # peft LoraConfig fields, e.g. {r: 16, lora_alpha: 32, target_modules: all-linear}
+        reference: str = "none"  # none | frozen (copy of the initial weights) | lora_base (adapters disabled)
+        chat_template: bool = False  # wrap each prompt as a user message with the tokenizer's chat template
+        system_prompt: Optional[str] = None
+        backend: str = "hf"  # hf | vllm
+        max_new_tokens: int = 64
+        temperature: float = 1.0
+        top_p: float = 1.0
+        top_k: int = 0
+        micro_batch_size: int = 64  # rows per forward pass when recomputing log-probs
+        gradient_checkpointing: bool = False
+        vllm: Dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM arguments
+
+        def __post_init__(self) -> None:
+            if (self.model is None) == (self.model_config is None):
+                raise ConfigError("policy: give exactly one of policy.model (hub id or path) and policy.model_config")
+            if self.reference not in ("none", "frozen", "lora_base"):
+                raise ConfigError(f"policy.reference={self.reference!r} is not valid; valid choices: none, frozen, lora_base")
+            if self.reference == "lora_base" and not self.lora:
+                raise ConfigError("policy.reference=lora_base needs policy.lora")
+            if self.backend not in ("hf", "vllm"):
+                raise ConfigError(f"policy.backend={self.backend!r} is not valid; valid choices: hf, vllm")
+            if self.dtype not in ("auto", "float32", "bfloat16"):
+                raise ConfigError(f"policy.dtype={self.dtype!r} is not valid; valid choices: auto, float32, bfloat16")
+
+    def __init__(self, cfg: "CausalLMPolicy.Config", spec: Optional[EnvSpec] = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = self._load_tokenizer(cfg)
+        self.model = self._load_model(cfg, len(self.tokenizer))
+        if cfg.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.reference = None
+        if cfg.reference == "frozen":
+            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if cfg.lora:
+            from peft import LoraConfig, get_peft_model
+
+            try:
+                self.model = get_peft_model(self.model, LoraConfig(task_type="CAUSAL_LM", **cfg.lora))
+            except TypeError as e:
+                raise ConfigError(f"policy.lora: {e}") from None
+        self.eos_ids = self._eos_ids()
+        self.sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
+        self._backend = None
+
+    # ------------------------------------------------------------------ loading
+    @staticmethod
+    def _load_tokenizer(cfg):
+        if cfg.tokenizer == "char":
+            from workbench.tokenizer_utils import build_char_tokenizer
+
+            return build_char_tokenizer()
+        from transformers import AutoTokenizer
+
+        source = cfg.tokenizer or cfg.model
+        if source is None:
+            raise ConfigError("policy.tokenizer is needed with policy.model_config (a path, a hub id, or 'char')")
+        try:
+            tok = AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot load tokenizer '{source}': {str(e).splitlines()[0]}") from None
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        return tok
+
+    @staticmethod
+    def _load_model(cfg, vocab_size: int):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(cfg.dtype)
+        if dtype is None:
+            dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        if cfg.model_config is not None:
+            options = dict(cfg.model_config)
+            model_type = options.pop("model_type", None)
+            if model_type is None:
+                raise ConfigError("policy.model_config needs a model_type (e.g. qwen2)")
+            options.setdefault("vocab_size", vocab_size)
+            model_config = AutoConfig.for_model(model_type, **options)
+            return AutoModelForCausalLM.from_config(model_config, dtype=dtype)
+        if Path(cfg.model).expanduser().exists() is False and "/" not in cfg.model:
+            raise ConfigError(f"policy.model '{cfg.model}' is neither a local path nor a hub id")
+        try:
+            return AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype)
+        except OSError as e:
+            raise ConfigError(f"cannot load model '{cfg.model}': {str(e).splitlines()[0]}") from None
+
+    def _eos_ids(self) -> List[int]:
+        ids = {self.tokenizer.eos_token_id}
+        gen = getattr(self.model, "generation_config", None)
+        extra = getattr(gen, "eos_token_id", None) if gen is not None else None
+        ids.update(extra if isinstance(extra, (list, tuple)) else [extra])
+        return sorted(i for i in ids if i is not None)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------ rollout
+    def format_prompt(self, prompt: str) -> str:
+        if not self.cfg.chat_template:
+            return prompt
+        messages = ([{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else [])
+        messages.append({"role": "user", "content": prompt})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def backend(self):
+        if self._backend is None:
+            if self.cfg.backend == "vllm":
+                from workbench.rollout.vllm import VLLMBackend
+
+                self._backend = VLLMBackend(self, **self.cfg.vllm)
+            else:
+                from workbench.rollout import hf
+
+                self._backend = hf
+        return self._backend
+
+    @torch.no_grad()
+    def rollout(self, prompts: List[str], n: int, sampling: Optional[SamplingConfig] = None) -> TokenRollout:
+        """Sample ``n`` completions per prompt; recompute their log-probs with the training
+        forward (``logp``, the ratio's denominator) and under the reference (``ref_logp``)."""
+        was_training = self.model.training
+        self.model.eval()
+        texts = [self.format_prompt(p) for p in prompts]
+        out = self.backend().generate(self.model, self.tokenizer, texts, n, sampling or self.sampling, self.eos_ids)
+        out.logp = self._recompute(out, reference=False)
+        if self.cfg.reference != "none":
+            out.ref_logp = self._recompute(out, reference=True)
+        self.model.train(was_training)
+        return out
+
+    def _recompute(self, out: TokenRollout, reference: bool) -> torch.Tensor:
+        chunks = []
+        prompt_length = torch.full((out.input_ids.shape[0],), out.prompt_length, device=out.input_ids.device)
+        for start in range(0, out.input_ids.shape[0], self.cfg.micro_batch_size):
+            rows = slice(start, start + self.cfg.micro_batch_size)
+            inputs = {"input_ids": out.input_ids[rows], "attention_mask": out.attention_mask[rows], "prompt_length": prompt_length[rows]}
+            logp, _ = self._forward(inputs, reference=reference, with_entropy=False)
+            chunks.append(logp)
+        return torch.cat(chunks) * out.completion_mask
+
+    # ------------------------------------------------------------------ scoring
+    def _forward(self, inputs: Dict[str, torch.Tensor], reference: bool = False, with_entropy: bool = True):
+        ids, attn = inputs["input_ids"], inputs["attention_mask"]
+        P = int(inputs["prompt_length"][0])
+        extra = {k: v for k, v in inputs.items() if k not in CORE_INPUTS}  # e.g. pixel_values for VLMs
+        position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+        if reference and self.cfg.reference == "lora_base":
+            with self.model.disable_adapter():
+                logits = self.model(input_ids=ids, attention_mask=attn, position_ids=position_ids, **extra).logits
+        else:
+            model = self.reference if reference else self.model
+            logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, **extra).logits
+        logits = logits[:, P - 1:-1]
+        if self.sampling.temperature > 0:
+            logits = logits / self.sampling.temperature
+        return token_logprobs(logits, ids[:, P:], with_entropy)
+
+    def evaluate(self, policy_inputs: Dict[str, torch.Tensor]) -> PolicyOutput:
+        """Log-probs and entropies [M, T] of the completion tokens of whole rows."""
+        logp, entropy = self._forward(policy_inputs)
+        return PolicyOutput(logp=logp, entropy=entropy)
+
+    def param_groups(self) -> list:
+        return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+
+    def state_dict(self, *args, **kwargs):
+        """Only the trained model (and its LoRA adapters): the reference never changes."""
+        return {k: v for k, v in super().state_dict(*args, **kwargs).items() if not k.startswith("reference.")}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        missing_ok = {k for k in super().state_dict() if k.startswith("reference.")}
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        bad = [k for k in result.missing_keys if k not in missing_ok] + list(result.unexpected_keys)
+        if strict and bad:
+            raise RuntimeError(f"checkpoint does not match the policy: {bad[:5]}")
+        return result

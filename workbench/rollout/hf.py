@@ -1,0 +1,57 @@
+"""The ``hf`` rollout backend: batched sampling with transformers ``generate``.
+
+Log-probs come from the raw logits (``output_logits=True``) divided by the temperature, not
+from ``scores``, which are post-processed and differ from a recomputation.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+
+from workbench.rollout.base import SamplingConfig, TokenRollout, completion_mask_from_eos
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: List[str], n: int, sampling: SamplingConfig, eos_ids: List[int]) -> TokenRollout:
+    device = next(model.parameters()).device
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    prompt_ids = enc["input_ids"].to(device).repeat_interleave(n, dim=0)
+    prompt_mask = enc["attention_mask"].to(device).repeat_interleave(n, dim=0)
+    P = prompt_ids.shape[1]
+    greedy = sampling.temperature <= 0
+    out = model.generate(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        do_sample=not greedy,
+        temperature=None if greedy else sampling.temperature,
+        top_p=None if greedy else sampling.top_p,
+        top_k=None if greedy else sampling.top_k,
+        max_new_tokens=sampling.max_new_tokens,
+        eos_token_id=eos_ids,
+        pad_token_id=tokenizer.pad_token_id,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    completion_ids = out.sequences[:, P:]
+    mask = completion_mask_from_eos(completion_ids, eos_ids)
+    logits = torch.stack(out.logits, dim=1).float()  # [N, T, V]
+    if not greedy:
+        logits = logits / sampling.temperature
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) * mask
+    completion_ids = torch.where(mask > 0, completion_ids, torch.full_like(completion_ids, tokenizer.pad_token_id))
+    ended = (mask.sum(1) < mask.shape[1]) | _ends_with_eos(completion_ids, mask, eos_ids)
+    return TokenRollout(
+        input_ids=torch.cat([prompt_ids, completion_ids], dim=1),
+        attention_mask=torch.cat([prompt_mask, mask.long()], dim=1),
+        prompt_length=P,
+        completion_mask=mask,
+        rollout_logp=logp,
+        completions=tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
+        truncated=~ended,
+    )
+
+
+def _ends_with_eos(ids: torch.Tensor, mask: torch.Tensor, eos_ids: List[int]) -> torch.Tensor:
+    last = ids.gather(1, (mask.sum(1).long() - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+    return torch.isin(last, torch.tensor(eos_ids, device=ids.device))
