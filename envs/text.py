@@ -34,6 +34,7 @@ class TextEnv(Environment):
         group_size: int = 8
         rewards: List[Dict[str, Any]] = field(default_factory=lambda: [{"name": "math_accuracy", "weight": 1.0}])
         accuracy_reward: str = "math_accuracy"  # the reward component reported as accuracy
+        demonstration_template: str = "{answer}"  # the target text of an SFT demonstration
         failure_score: float = 0.0  # reward of a sample whose reward function raised
         mask_truncated_completions: bool = False  # TRL: no gradient from completions cut by max_new_tokens
         eval_size: int = 200
@@ -67,6 +68,14 @@ class TextEnv(Environment):
 
     def prompt(self, item: Dict[str, Any]) -> str:
         return self.cfg.prompt_template.format(**item)
+
+    def demonstrations(self, n: int):
+        """(prompts, target completions) of ``n`` training items, for supervised warm-start."""
+        items = [self._train_item() for _ in range(n)]
+        try:
+            return [self.prompt(x) for x in items], [self.cfg.demonstration_template.format(**x) for x in items]
+        except KeyError as e:
+            raise ConfigError(f"env.demonstration_template names {e}, which this task's items do not have") from None
 
     def collect(self, policy) -> Batch:
         items = [self._train_item() for _ in range(self.cfg.prompts_per_iteration)]

@@ -86,6 +86,24 @@ class AlgoConfig:
 
 
 @dataclass
+class SFTConfig:
+    """Supervised warm-start on the env's demonstrations before RL (``steps: 0`` = none)."""
+
+    steps: int = 0
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    max_grad_norm: Optional[float] = 1.0
+    lr_schedule: str = "cosine"
+    log_every: int = 20
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("sft.steps >= 0, sft.batch_size >= 1 and sft.lr > 0 are required")
+        _choice(self.lr_schedule, LR_SCHEDULES.names(), "sft.lr_schedule")
+
+
+@dataclass
 class RunConfig:
     """Options of one run; ``env`` and ``policy`` are validated by their components."""
 
@@ -103,6 +121,8 @@ class RunConfig:
     eval_episodes: int = 10
     progress: bool = True
     imports: List[str] = field(default_factory=list)  # extra modules that register components
+    init_from: Optional[str] = None  # a run directory or checkpoint file whose policy weights start this run
+    sft: SFTConfig = field(default_factory=SFTConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     env: Any = None
     policy: Any = None
@@ -150,8 +170,9 @@ def validate(cfg: DictConfig) -> RunConfig:
     import workbench.plugins as plugins
 
     plugins.load(list(cfg.get("imports") or []))
-    top = OmegaConf.create({k: v for k, v in cfg.items() if k not in ("algo", "env", "policy")})
+    top = OmegaConf.create({k: v for k, v in cfg.items() if k not in ("algo", "env", "policy", "sft")})
     run = _to_dataclass(RunConfig, top, "run") if top else RunConfig()
+    run.sft = _to_dataclass(SFTConfig, cfg.get("sft") or {}, "sft")
     run.algo = _to_dataclass(AlgoConfig, cfg.get("algo") or {}, "algo")
     run.env = _validate_section(cfg.get("env"), ENVS, "env")
     run.policy = _validate_section(cfg.get("policy"), POLICIES, "policy")
@@ -176,7 +197,7 @@ def _hydra_message(e: Exception) -> str:
     if text.startswith("Could not override '"):
         key = text.split("Could not override '")[1].split("'")[0]
         section, _, _ = key.rpartition(".")
-        schema = {"algo": AlgoConfig, "": RunConfig}.get(section)
+        schema = {"algo": AlgoConfig, "sft": SFTConfig, "": RunConfig}.get(section)
         valid = f"; valid keys: {', '.join(f.name for f in dataclasses.fields(schema))}" if schema else ""
         return f"unknown config key '{key}'{valid}"
     return text.split(" Config search path:")[0]

@@ -46,6 +46,11 @@ class RunLogger:
         if self.writer is not None:
             for k, v in clean.items():
                 self.writer.add_scalar(k, v, step)
+        if "sft/step" in clean:
+            if time.monotonic() - self.last_print > 5 or self.progress is not None:
+                self.last_print = time.monotonic()
+                self.console.print(f"sft step {int(clean['sft/step']):>6,}  loss {clean.get('sft/loss', float('nan')):.4f}", highlight=False)
+            return
         for key in HEADLINE:
             if key in clean:
                 self.last_return = (key.split("/")[-1].replace("_mean", ""), clean[key])
@@ -59,7 +64,11 @@ class RunLogger:
             self.progress.update(self.task, completed=step, info=info)
         elif time.monotonic() - self.last_print > 5 or "eval/return_mean" in clean:
             self.last_print = time.monotonic()
-            extra = f"  eval {clean['eval/return_mean']:,.1f} ± {clean.get('eval/return_std', 0):,.1f}" if "eval/return_mean" in clean else ""
+            extra = ""
+            if "eval/accuracy" in clean:
+                extra = f"  eval accuracy {clean['eval/accuracy']:.3f}"
+            elif "eval/return_mean" in clean:
+                extra = f"  eval {clean['eval/return_mean']:,.1f} ± {clean.get('eval/return_std', 0):,.1f}"
             self.console.print(f"step {step:>9,}  {info}{extra}", highlight=False)
 
     def message(self, text: str) -> None:
@@ -92,7 +101,8 @@ def plot_learning_curve(run_dir: Path, title: str = "") -> Path:
     has_episodes = any("episode/return" in r for r in rows)
     returns = [("episode/return", "train episodes"), ("eval/return_mean", "eval (deterministic)")]
     panels = [
-        ("return", returns if has_episodes else [("reward/mean", "mean reward"), *returns[1:]]),
+        ("return", returns if has_episodes else [("accuracy", "train accuracy"), ("eval/accuracy", "eval accuracy (greedy)"),
+                                                 ("reward/total", "mean reward")]),
         ("losses", [("loss/policy", "policy"), ("loss/value", "value")]),
         ("update", [("policy/approx_kl", "approx KL"), ("policy/clip_frac", "clip fraction")]),
         ("entropy", [("policy/entropy", "entropy per step")]),
@@ -104,6 +114,8 @@ def plot_learning_curve(run_dir: Path, title: str = "") -> Path:
             if pts:
                 xs, ys = zip(*pts)
                 style = "o-" if key.startswith("eval") else "-"
+                if key.startswith("eval") and "sft/step" in "".join(rows[0]):
+                    label += " (step 0 = after SFT)"
                 ax.plot(xs, ys, style, label=label, markersize=3)
         if name == "return":
             stds = [(r["step"], r["eval/return_mean"], r.get("eval/return_std", 0.0)) for r in rows if "eval/return_mean" in r]

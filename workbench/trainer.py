@@ -84,10 +84,34 @@ class Trainer:
             self.policy.param_groups(), lr=self.algo.lr, eps=self.algo.adam_eps, weight_decay=self.algo.weight_decay, fused=fused
         )
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if run.init_from:
+            self._init_policy_from(Path(run.init_from))
         self.num_iterations = math.ceil(run.total_steps / self.env.steps_per_collect)
         self.iteration, self.step = 0, 0
+        self.sft_done = False
         self.nonfinite_updates = 0  # minibatches skipped for a non-finite loss (logged)
         self.nonfinite_streak = 0
+
+    def _init_policy_from(self, source: Path) -> None:
+        from workbench.registry import ConfigError
+
+        path = checkpoint.latest(source / "checkpoints") if source.is_dir() else source
+        if path is None or not path.exists():
+            raise ConfigError(f"init_from={source}: no checkpoint found")
+        self.policy.load_state_dict(checkpoint.load(path)["policy"])
+
+    def warm_start(self, logger: RunLogger) -> None:
+        """Supervised fine-tuning before RL (``sft.steps``), then a checkpoint so a resumed
+        run never repeats it."""
+        from workbench.sft import supervised_finetune
+
+        def log(sft_step: int, metrics: Dict[str, float]) -> None:
+            logger.log(0, {"sft/step": float(sft_step), **metrics})
+
+        logger.message(f"supervised warm-start: {self.run.sft.steps} steps")
+        supervised_finetune(self.policy, self.env, self.run.sft, self.device, log)
+        self.sft_done = True
+        self.save_checkpoint()
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict:
@@ -96,7 +120,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "env": self.env.state_dict(),
             "rng": checkpoint.rng_state(),
-            "counters": {"iteration": self.iteration, "step": self.step},
+            "counters": {"iteration": self.iteration, "step": self.step, "sft_done": self.sft_done},
         }
 
     def load_state_dict(self, state: Dict) -> None:
@@ -105,6 +129,7 @@ class Trainer:
         self.env.load_state_dict(state["env"])
         checkpoint.set_rng_state(state["rng"])
         self.iteration, self.step = int(state["counters"]["iteration"]), int(state["counters"]["step"])
+        self.sft_done = bool(state["counters"].get("sft_done", False))
 
     def save_checkpoint(self) -> Path:
         path = checkpoint.save(checkpoint.checkpoint_path(self.run_dir / "checkpoints", self.iteration), self.state_dict())
@@ -162,6 +187,10 @@ class Trainer:
         schedule = LR_SCHEDULES.get(self.algo.lr_schedule)
         final: Dict[str, float] = {}
         try:
+            if run.sft.steps > 0 and not self.sft_done:
+                self.warm_start(logger)
+            if run.eval_every and self.step == 0 and run.eval_episodes > 0:
+                logger.log(0, self.env.evaluate(self.policy, run.eval_episodes))  # where RL starts from
             while self.step < run.total_steps:
                 t0 = time.perf_counter()
                 for group in self.optimizer.param_groups:

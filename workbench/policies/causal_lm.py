@@ -192,6 +192,27 @@ class CausalLMPolicy(Policy):
             chunks.append(logp)
         return torch.cat(chunks) * out.completion_mask
 
+    def encode_demonstrations(self, prompts: List[str], targets: List[str]):
+        """Left-padded prompts + right-padded targets ending in EOS, as ``policy_inputs`` and a
+        [B, T] mask over the target tokens (what SFT trains on)."""
+        tok = self.tokenizer
+        enc = tok([self.format_prompt(p) for p in prompts], return_tensors="pt", padding=True, padding_side="left",
+                  add_special_tokens=False)
+        target_ids = [tok(t, add_special_tokens=False)["input_ids"] + [self.eos_ids[0]] for t in targets]
+        T = max(len(t) for t in target_ids)
+        ids = torch.full((len(targets), T), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(targets), T)
+        for i, t in enumerate(target_ids):
+            ids[i, : len(t)] = torch.tensor(t)
+            mask[i, : len(t)] = 1.0
+        P = enc["input_ids"].shape[1]
+        inputs = {
+            "input_ids": torch.cat([enc["input_ids"], ids], dim=1),
+            "attention_mask": torch.cat([enc["attention_mask"], mask.long()], dim=1),
+            "prompt_length": torch.full((len(targets),), P),
+        }
+        return inputs, mask
+
     # ------------------------------------------------------------------ scoring
     def _forward(self, inputs: Dict[str, torch.Tensor], reference: bool = False, with_entropy: bool = True):
         ids, attn = inputs["input_ids"], inputs["attention_mask"]
