@@ -60,10 +60,40 @@ def cmd_train(args) -> int:
     else:
         print(f"run directory: {run_dir}", file=sys.stderr)
     final = trainer.train()
-    if final:
+    if final and "eval/accuracy" in final:
+        print(f"final eval: accuracy {final['eval/accuracy']:.3f} over {int(final['eval/episodes'])} held-out items", file=sys.stderr)
+    elif final:
         print(f"final eval: return {final['eval/return_mean']:.1f} ± {final['eval/return_std']:.1f} "
               f"over {int(final['eval/episodes'])} episodes", file=sys.stderr)
     print(f"learning curve: {run_dir / 'learning_curve.png'}", file=sys.stderr)
+    return 0
+
+
+def cmd_sft(args) -> int:
+    """Supervised fine-tuning only: the run directory can then start RL with init_from=RUN_DIR."""
+    from workbench.runlog import RunLogger, plot_learning_curve
+    from workbench.trainer import Trainer
+
+    run, run_dir, _ = build_run(args.overrides)
+    if run.sft.steps <= 0:
+        raise ConfigError("workbench sft needs sft.steps > 0")
+    trainer = Trainer(run, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from workbench.config import to_yaml
+
+    (run_dir / "config.yaml").write_text(to_yaml(run))
+    logger = RunLogger(run_dir, run.sft.steps, progress=False)
+    try:
+        trainer.warm_start(logger)
+        if run.eval_episodes > 0:
+            final = trainer.env.evaluate(trainer.policy, run.eval_episodes)
+            logger.log(0, final)
+            print(f"after SFT: eval accuracy {final.get('eval/accuracy', final['eval/return_mean']):.3f}", file=sys.stderr)
+    finally:
+        logger.close()
+        trainer.env.close()
+    plot_learning_curve(run_dir, title=f"{run.name} (SFT)")
+    print(f"start RL from it with: workbench train ... init_from={run_dir}", file=sys.stderr)
     return 0
 
 
@@ -134,6 +164,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = sub.add_parser("train", help="train; arguments are config overrides, e.g. experiment=halfcheetah_ppo algo.epsilon=0.1")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(fn=cmd_train)
+    p = sub.add_parser("sft", help="supervised fine-tuning on the env's demonstrations (sft.steps > 0); same overrides as train")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(fn=cmd_sft)
     p = sub.add_parser("eval", help="evaluate a run directory's newest checkpoint and save a video")
     p.add_argument("run_dir")
     p.add_argument("--episodes", type=int, default=10)
