@@ -59,7 +59,12 @@ def test_clipped_surrogate_negative_advantage():
 
 
 def test_clipped_surrogate_is_registered_as_clip():
-    assert POLICY_LOSSES.get("clip") is clipped_surrogate
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(epsilon=0.2, epsilon_high=0.28, dual_clip=3.0)
+    lr, adv = lr_of([[0.5, 1.1, 1.5]]), t([[2.0, -2.0, 2.0]])
+    for got, want in zip(POLICY_LOSSES.get("clip")(lr, adv, cfg), clipped_surrogate(lr, adv, 0.2, 0.28, 3.0)):
+        torch.testing.assert_close(got, want)
 
 
 def test_asymmetric_clip_changes_only_upper_bound():
@@ -283,6 +288,8 @@ def obj_cfg(**overrides):
         beta=0.1,
         kl_estimator="k3",
         advantage="gae",
+        tis_cap=None,
+        top_entropy_quantile=1.0,
     )
     cfg.update(overrides)
     return SimpleNamespace(**cfg)

@@ -32,12 +32,13 @@ class Batch:
     advantages: Optional[torch.Tensor] = None  # [N, T] filled by the advantage estimator
     returns: Optional[torch.Tensor] = None  # [N, T] value targets, where the estimator makes them
     ref_logp: Optional[torch.Tensor] = None  # [N, T] reference log-probs, if collected
+    rollout_logp: Optional[torch.Tensor] = None  # [N, T] the sampler's own log-probs (vLLM), for TIS
 
     def __post_init__(self) -> None:
         shape = self.logp_old.shape
         if self.logp_old.dim() != 2:
             raise ValueError(f"Batch.logp_old must be [N, T], got {tuple(shape)}")
-        for f in ("mask", "rewards", "dones", "truncated", "values", "next_values", "advantages", "returns", "ref_logp"):
+        for f in ("mask", "rewards", "dones", "truncated", "values", "next_values", "advantages", "returns", "ref_logp", "rollout_logp"):
             t = getattr(self, f)
             if t is not None and t.shape != shape:
                 raise ValueError(f"Batch.{f} has shape {tuple(t.shape)}, expected {tuple(shape)} like logp_old")
@@ -81,3 +82,4 @@ class Minibatch:
     values_old: Optional[torch.Tensor]
     ref_logp: Optional[torch.Tensor]
     policy_inputs: Dict[str, torch.Tensor]
+    rollout_logp: Optional[torch.Tensor] = None

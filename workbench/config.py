@@ -32,6 +32,19 @@ def _choice(value: Any, choices, key: str) -> None:
         raise ConfigError(f"{key}={value!r} is not valid; valid choices: {', '.join(map(str, choices))}")
 
 
+# TRL's GRPOConfig.loss_type names -> (policy_loss, loss_agg_mode). DAPO and CISPO normalise by
+# the tokens of the whole batch in TRL; here token-mean is over the minibatch, the same thing
+# when num_minibatches is 1. Dr.GRPO divides by rows x loss_agg_norm (set it to the max length).
+LOSS_TYPES = {
+    "grpo": ("clip", "seq-mean-token-mean"),
+    "bnpo": ("clip", "token-mean"),
+    "dapo": ("clip", "token-mean"),
+    "dr_grpo": ("clip", "seq-mean-token-sum-norm"),
+    "cispo": ("cispo", "token-mean"),
+    "dispo": ("dispo", "token-mean"),
+}
+
+
 @dataclass
 class AlgoConfig:
     """Every knob of the shared PPO/GRPO engine (TRL/verl names where they exist)."""
@@ -42,10 +55,17 @@ class AlgoConfig:
     gae_lambda: float = 0.95
     scale_rewards: str = "group"  # grpo: divide by group | batch std, or none (TRL)
     normalize_advantages: str = "minibatch"  # minibatch (CleanRL norm_adv) | batch | none
-    policy_loss: str = "clip"
+    loss_type: Optional[str] = None  # TRL preset, sets policy_loss + loss_agg_mode: grpo | bnpo | dr_grpo | dapo | cispo | dispo
+    policy_loss: str = "clip"  # clip (PPO/GRPO) | cispo (MiniMax-M1) | dispo
     epsilon: float = 0.2  # PPO clip range (lower side)
     epsilon_high: Optional[float] = None  # upper clip; DAPO clip-higher uses 0.28
     dual_clip: Optional[float] = None  # Ye et al. 2020 dual clip constant c > 1
+    dispo_pos_low: Optional[float] = None  # DISPO bounds for correct (A > 0) / incorrect (A < 0) tokens;
+    dispo_pos_high: Optional[float] = None  # unset ones fall back to epsilon / epsilon_high
+    dispo_neg_low: Optional[float] = None
+    dispo_neg_high: Optional[float] = None
+    top_entropy_quantile: float = 1.0  # train only on the top-rho entropy tokens (Wang et al. 2025; 0.2 in the paper)
+    tis_cap: Optional[float] = None  # truncated IS weight cap for sampler/trainer mismatch (e.g. vLLM; 2.0-3.0)
     importance_sampling_level: str = "token"  # token | sequence (GSPO)
     loss_agg_mode: str = "token-mean"
     loss_agg_norm: Optional[float] = None  # constant for seq-mean-token-sum-norm (Dr.GRPO)
@@ -64,6 +84,13 @@ class AlgoConfig:
     target_kl: Optional[float] = None  # stop the epoch loop when approx KL > 1.5 * target_kl
 
     def __post_init__(self) -> None:
+        if self.loss_type is not None:
+            _choice(self.loss_type, list(LOSS_TYPES), "algo.loss_type")
+            self.policy_loss, self.loss_agg_mode = LOSS_TYPES[self.loss_type]
+        if not 0 < self.top_entropy_quantile <= 1:
+            raise ConfigError(f"algo.top_entropy_quantile must lie in (0, 1], got {self.top_entropy_quantile}")
+        if self.tis_cap is not None and self.tis_cap <= 0:
+            raise ConfigError(f"algo.tis_cap must be > 0, got {self.tis_cap}")
         _choice(self.advantage, ADVANTAGES.names(), "algo.advantage")
         _choice(self.policy_loss, POLICY_LOSSES.names(), "algo.policy_loss")
         _choice(self.kl_estimator, KL_ESTIMATORS.names(), "algo.kl_estimator")

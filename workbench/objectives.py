@@ -77,7 +77,6 @@ def log_ratio(logp: torch.Tensor, logp_old: torch.Tensor, mask: torch.Tensor, le
     raise ConfigError(f"unknown importance_sampling_level '{level}'; valid choices: sequence, token")
 
 
-@POLICY_LOSSES.register("clip")
 def clipped_surrogate(
     log_ratio: torch.Tensor,  # [M, T]
     advantages: torch.Tensor,  # [M, T]
@@ -104,6 +103,52 @@ def clipped_surrogate(
     return loss, clipped
 
 
+# Registered policy losses share one signature: fn(log_ratio [M, T], advantages [M, T], cfg)
+# -> (per-step loss [M, T], clipped indicator [M, T]); ``cfg`` is the AlgoConfig.
+
+@POLICY_LOSSES.register("clip")
+def clip_loss(log_ratio: torch.Tensor, advantages: torch.Tensor, cfg) -> Tuple[torch.Tensor, torch.Tensor]:
+    """PPO / GRPO / DAPO clipped surrogate (``epsilon``, ``epsilon_high``, ``dual_clip``)."""
+    return clipped_surrogate(log_ratio, advantages, cfg.epsilon, cfg.epsilon_high, cfg.dual_clip)
+
+
+@POLICY_LOSSES.register("cispo")
+def cispo_loss(log_ratio: torch.Tensor, advantages: torch.Tensor, cfg) -> Tuple[torch.Tensor, torch.Tensor]:
+    """CISPO (MiniMax-M1, 2025): REINFORCE with a clipped, stop-gradient importance weight.
+
+    loss = -sg(min(r, epsilon_high)) * A * log r. Every token keeps a gradient; only the weight
+    is capped (TRL: ``epsilon_high`` is the cap itself, recommended 5.0). ``log r`` stands in
+    for ``log pi``: they differ by the constant ``log pi_old``, so the gradient is the same.
+    """
+    cap = cfg.epsilon_high if cfg.epsilon_high is not None else 1.0 + cfg.epsilon
+    ratio = torch.exp(log_ratio)
+    weight = torch.clamp(ratio, max=cap).detach()
+    return -weight * advantages * log_ratio, (ratio > cap).float()
+
+
+@POLICY_LOSSES.register("dispo")
+def dispo_loss(log_ratio: torch.Tensor, advantages: torch.Tensor, cfg) -> Tuple[torch.Tensor, torch.Tensor]:
+    """DISPO (2025): REINFORCE-style with four clip bounds, up/down x correct/incorrect.
+
+    Tokens of correct responses (A > 0) use [1 - dispo_pos_low, 1 + dispo_pos_high], of incorrect
+    ones (A < 0) [1 - dispo_neg_low, 1 + dispo_neg_high]. Inside the band the token's gradient
+    is sg(r) * A * grad log pi; outside it the token gets none (unlike CISPO, which keeps a
+    capped gradient there). Unset bounds fall back to ``epsilon`` / ``epsilon_high``. This
+    follows the paper's abstract (four separately tuned clipping regimes).
+    """
+    high = cfg.epsilon_high if cfg.epsilon_high is not None else cfg.epsilon
+
+    def bound(value: Optional[float], default: float) -> float:
+        return default if value is None else value
+
+    positive = advantages > 0
+    lo = torch.where(positive, 1.0 - bound(cfg.dispo_pos_low, cfg.epsilon), 1.0 - bound(cfg.dispo_neg_low, cfg.epsilon))
+    hi = torch.where(positive, 1.0 + bound(cfg.dispo_pos_high, high), 1.0 + bound(cfg.dispo_neg_high, high))
+    ratio = torch.exp(log_ratio)
+    inside = ((ratio >= lo) & (ratio <= hi)).float()
+    return -ratio.detach() * advantages * log_ratio * inside, 1.0 - inside
+
+
 # ---------------------------------------------------------------- KL estimators (Schulman's k1/k2/k3)
 
 @KL_ESTIMATORS.register("k1")
@@ -121,6 +166,27 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Unbiased, non-negative estimator of KL(pi || ref): exp(r) - r - 1 with r = ref - logp."""
     r = ref_logp - logp
     return torch.exp(r) - r - 1.0
+
+
+@KL_ESTIMATORS.register("forward")
+def kl_forward(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Forward KL(ref || pi) from samples of pi (RAPO, 2025): rho log rho - rho + 1 with
+    rho = ref / pi. Unbiased (E_pi[rho] = 1) and non-negative; mass-covering, so it pushes the
+    policy to keep the reference's support instead of collapsing onto a mode."""
+    rho = torch.exp(ref_logp - logp)
+    return rho * (ref_logp - logp) - rho + 1.0
+
+
+def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float) -> torch.Tensor:
+    """[M, T] 1 for valid tokens whose entropy is in the top ``quantile`` fraction (Wang et al.
+    2025, "high-entropy minority tokens"; TRL ``top_entropy_quantile``), 0 elsewhere."""
+    if quantile >= 1.0:
+        return mask
+    valid = entropy.detach()[mask > 0]
+    if valid.numel() == 0:
+        return mask
+    threshold = torch.quantile(valid.float(), 1.0 - quantile)
+    return mask * (entropy.detach() >= threshold).float()
 
 
 # ---------------------------------------------------------------- value loss
@@ -141,9 +207,19 @@ def objective(out: PolicyOutput, mb: Minibatch, cfg) -> Tuple[torch.Tensor, Dict
     aggregate = LOSS_AGGREGATIONS.get(cfg.loss_agg_mode)
     mask = mb.mask
     lr = log_ratio(out.logp, mb.logp_old, mask, cfg.importance_sampling_level)
-    pg, clipped = POLICY_LOSSES.get(cfg.policy_loss)(lr, mb.advantages, cfg.epsilon, cfg.epsilon_high, cfg.dual_clip)
+    pg, clipped = POLICY_LOSSES.get(cfg.policy_loss)(lr, mb.advantages, cfg)
+    metrics: Dict[str, torch.Tensor] = {}
+    if cfg.tis_cap is not None and mb.rollout_logp is not None:
+        # truncated importance sampling: the sampler (e.g. vLLM) is not exactly the trained model
+        tis = torch.clamp(torch.exp(mb.logp_old - mb.rollout_logp), max=cfg.tis_cap)
+        pg = pg * tis
+        metrics["policy/tis_weight"] = ((tis * mask).sum() / mask.sum().clamp(min=1)).detach()
+    if cfg.top_entropy_quantile < 1.0:
+        if out.entropy is None:
+            raise ConfigError("algo.top_entropy_quantile < 1 needs a policy that returns per-token entropy")
+        pg = pg * high_entropy_mask(out.entropy, mask, cfg.top_entropy_quantile)
     loss = aggregate(pg, mask, cfg.loss_agg_norm)
-    metrics: Dict[str, torch.Tensor] = {"loss/policy": loss.detach()}
+    metrics["loss/policy"] = loss.detach()
 
     if cfg.vf_coef > 0 and out.values is not None:
         if mb.returns is None:

@@ -66,6 +66,7 @@ def minibatches(batch: Batch, unit: str, num_minibatches: int) -> Iterator[Minib
             returns=pick(batch.returns) if batch.returns is not None else None,
             values_old=pick(batch.values) if batch.values is not None else None,
             ref_logp=pick(batch.ref_logp) if batch.ref_logp is not None else None,
+            rollout_logp=pick(batch.rollout_logp) if batch.rollout_logp is not None else None,
             policy_inputs={k: pick_input(v) for k, v in batch.policy_inputs.items()},
         )
 
