@@ -131,6 +131,7 @@ class ReturnScaler:
 
 @ENVS.register("gym_control")
 class GymControlEnv(Environment):
+    renders = True  # evaluation can write a video
     @dataclass
     class Config:
         name: str = "gym_control"

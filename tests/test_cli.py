@@ -71,3 +71,17 @@ def test_bench_ppo_mujoco_json_line():
     row = figures["cleanrl"]
     assert row["ours_steps_per_s"] > 0 and row["sb3_steps_per_s"] > 0 and row["raw_env_steps_per_s"] > 0
     assert figures["ratio"] == row["ratio"] == pytest.approx(row["ours_steps_per_s"] / row["sb3_steps_per_s"], rel=1e-2)
+
+
+def test_text_run_eval_reports_pass_at_k(tmp_path):
+    run_dir = tmp_path / "text"
+    out = cli("train", "experiment=arithmetic_grpo_tiny", "total_steps=32", "env.prompts_per_iteration=4", "env.group_size=4",
+              "eval_episodes=4", "eval_every=0", "policy.model_config.num_hidden_layers=1", f"run_dir={run_dir}")
+    assert out.returncode == 0, out.stderr
+    assert "final eval: accuracy" in out.stderr
+    out = cli("eval", str(run_dir), "--episodes", "6", "--k", "4")
+    assert out.returncode == 0, out.stderr
+    assert "greedy accuracy" in out.stdout and "pass@4" in out.stdout and "mean@4" in out.stdout
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert result["eval/episodes"] == 6 and 0 <= result["eval/pass@1"] <= result["eval/pass@4"] <= 1
+    assert not (run_dir / "eval.mp4").exists()

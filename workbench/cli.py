@@ -123,13 +123,20 @@ def cmd_eval(args) -> int:
     if not run_dir.is_dir():
         raise ConfigError(f"no such run directory: {run_dir}")
     run, env, policy, path = load_trained(run_dir, args.checkpoint)
-    video = None if args.no_video else str(Path(args.video) if args.video else run_dir / "eval.mp4")
+    options = {"k": args.k} if args.k > 1 else {}
+    video = None if args.no_video or not getattr(env, "renders", False) else str(Path(args.video) if args.video else run_dir / "eval.mp4")
     try:
-        result = env.evaluate(policy, args.episodes, video_path=video, seed=args.seed)
+        result = env.evaluate(policy, args.episodes, video_path=video, seed=args.seed, **options)
+    except TypeError as e:
+        raise ConfigError(f"this env's evaluation does not take those options ({e})") from None
     finally:
         env.close()
-    print(f"{path.name}: return {result['eval/return_mean']:.1f} ± {result['eval/return_std']:.1f} "
-          f"over {args.episodes} episodes" + (f"; video {video}" if video else ""))
+    if "eval/accuracy" in result:
+        extra = "  ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in result.items() if "@" in k)
+        print(f"{path.name}: greedy accuracy {result['eval/accuracy']:.3f} over {int(result['eval/episodes'])} held-out items  {extra}")
+    else:
+        print(f"{path.name}: return {result['eval/return_mean']:.1f} ± {result['eval/return_std']:.1f} "
+              f"over {args.episodes} episodes" + (f"; video {video}" if video else ""))
     (run_dir / "eval.json").write_text(json.dumps({"checkpoint": path.name, **result}, indent=1))
     return 0
 
@@ -174,6 +181,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--video", default=None, help="mp4 path (default RUN_DIR/eval.mp4)")
     p.add_argument("--no-video", action="store_true")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--k", type=int, default=1, help="text envs: also sample k answers per item for mean@k and pass@k (k <= 64)")
     p.set_defaults(fn=cmd_eval)
     p = sub.add_parser("list", help="registered envs, policies, algorithms, rewards, benchmarks and experiments")
     p.set_defaults(fn=cmd_list)
