@@ -57,7 +57,7 @@ class Countdown:
             target = eval(expr)  # noqa: S307 - digits and operators we generated
             if 0 < target <= 1000:
                 question = self.template.format(numbers=numbers, target=target)
-                return {"question": question, "answer": str(target), "numbers": numbers, "target": target}
+                return {"question": question, "answer": str(target), "numbers": numbers, "target": target, "equation": expr}
 
 
 @TASKS.register("dataset")

@@ -29,7 +29,7 @@ def test_list_shows_registries():
         (["train", "algo.advantage=ppo"], "valid choices: dr_grpo, gae, grpo, reinforce_pp, rloo"),
         (["train", "resume=/no/such/run"], "no such run directory"),
         (["eval", "/no/such/run"], "no such run directory"),
-        (["bench", "nope"], "unknown benchmark 'nope'; valid choices: ppo-mujoco"),
+        (["bench", "nope"], "unknown benchmark 'nope'; valid choices: "),
     ],
 )
 def test_user_mistakes_give_one_line_and_exit_2(args, message):

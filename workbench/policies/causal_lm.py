@@ -19,7 +19,7 @@ from workbench.environment import EnvSpec
 from workbench.objectives import PolicyOutput
 from workbench.policies.base import Policy
 from workbench.registry import ConfigError, POLICIES
-from workbench.rollout.base import SamplingConfig, TokenRollout
+from workbench.rollout.base import SamplingConfig, TokenRollout, normalize_schedule, position_temperatures
 
 CORE_INPUTS = ("input_ids", "attention_mask", "prompt_length")
 
@@ -58,6 +58,7 @@ class CausalLMPolicy(Policy):
         temperature: float = 1.0
         top_p: float = 1.0
         top_k: int = 0
+        temperature_schedule: Optional[Dict[str, Any]] = None  # EAD (Yang et al. 2025, "Exploratory Annealed Decoding"); see SamplingConfig
         micro_batch_size: int = 64  # rows per forward pass when recomputing log-probs
         gradient_checkpointing: bool = False
         vllm: Dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM arguments
@@ -71,6 +72,10 @@ class CausalLMPolicy(Policy):
                 raise ConfigError("policy.reference=lora_base needs policy.lora")
             if self.backend not in ("hf", "vllm"):
                 raise ConfigError(f"policy.backend={self.backend!r} is not valid; valid choices: hf, vllm")
+            if self.temperature_schedule is not None:
+                normalize_schedule(dict(self.temperature_schedule))
+                if self.backend == "vllm":
+                    raise ConfigError("policy.temperature_schedule is supported by the hf backend only (vLLM would ignore it)")
             if self.dtype not in ("auto", "float32", "bfloat16"):
                 raise ConfigError(f"policy.dtype={self.dtype!r} is not valid; valid choices: auto, float32, bfloat16")
 
@@ -92,7 +97,7 @@ class CausalLMPolicy(Policy):
             except TypeError as e:
                 raise ConfigError(f"policy.lora: {e}") from None
         self.eos_ids = self._eos_ids()
-        self.sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
+        self.sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, cfg.temperature_schedule)
         self._backend = None
 
     # ------------------------------------------------------------------ loading
@@ -226,7 +231,11 @@ class CausalLMPolicy(Policy):
             model = self.reference if reference else self.model
             logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, **extra).logits
         logits = logits[:, P - 1:-1]
-        if self.sampling.temperature > 0:
+        # the same per-position temperatures the sampler used (EAD), else one temperature
+        temps = position_temperatures(self.sampling, logits.shape[1], device=logits.device)
+        if temps is not None:
+            logits = logits.float() / temps.view(1, -1, 1)
+        elif self.sampling.temperature > 0:
             logits = logits / self.sampling.temperature
         return token_logprobs(logits, ids[:, P:], with_entropy)
 

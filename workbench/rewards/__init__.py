@@ -1,11 +1,11 @@
 """Reward library: per-sample scores with named components, composed by weights.
 
 Importing this package registers the rewards in :data:`workbench.registry.REWARDS`:
-``math_accuracy``, ``think_answer_format``, ``regex_match``, ``semantic_similarity`` and
-``code_tests``. Heavy dependencies (math-verify, the embedding model, the sandbox) are
+``math_accuracy``, ``think_answer_format``, ``regex_match``, ``semantic_similarity``,
+``code_tests`` and ``countdown``. Heavy dependencies (math-verify, the embedding model, the sandbox) are
 imported when a reward is built or first called. See :mod:`workbench.rewards.base`.
 """
-from workbench.rewards import code, format, math, semantic  # noqa: F401  (register)
+from workbench.rewards import code, countdown, format, math, semantic  # noqa: F401  (register)
 from workbench.rewards.base import RewardPipeline, RewardResult, build_reward, completion_text
 
 __all__ = ["RewardPipeline", "RewardResult", "build_reward", "completion_text"]

@@ -1,15 +1,48 @@
 """The ``hf`` rollout backend: batched sampling with transformers ``generate``.
 
 Log-probs come from the raw logits (``output_logits=True``) divided by the temperature, not
-from ``scores``, which are post-processed and differ from a recomputation.
+from ``scores``, which are post-processed and differ from a recomputation. With a
+``temperature_schedule`` (Exploratory Annealed Decoding, see :class:`SamplingConfig`) a
+:class:`PositionTemperature` logits processor divides the logits of completion position t by
+T(t) before top-k/top-p, and the log-probs divide the raw logits by the same T(t).
 """
 from __future__ import annotations
 
-from typing import List
+from typing import Any, Dict, List
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
-from workbench.rollout.base import SamplingConfig, TokenRollout, completion_mask_from_eos
+from workbench.rollout.base import (
+    SamplingConfig,
+    TokenRollout,
+    completion_mask_from_eos,
+    normalize_schedule,
+    position_temperatures,
+    scheduled_temperature,
+)
+
+
+class PositionTemperature(LogitsProcessor):
+    """transformers ``LogitsProcessor``: ``scores / T(t)`` with t = the 0-based position of the
+    token being sampled within the completion (``input_ids.shape[1] - prompt_length``; prompts
+    are left-padded to one width, so t is the same for every row).
+
+    Exploratory Annealed Decoding (Yang et al. 2025, "Let it Calm: Exploratory Annealed
+    Decoding for Verifiable Reinforcement Learning"): high temperature on the first tokens,
+    low at the end. ``generate`` runs custom processors before its own temperature/top-k/top-p
+    warpers, so pass ``temperature=1.0`` with it.
+    """
+
+    def __init__(self, schedule: Dict[str, Any], prompt_length: int) -> None:
+        self.schedule = normalize_schedule(schedule)
+        self.prompt_length = prompt_length
+
+    def temperature(self, t: int) -> float:
+        return scheduled_temperature(self.schedule, t)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return scores / self.temperature(input_ids.shape[1] - self.prompt_length)
 
 
 @torch.no_grad()
@@ -19,12 +52,19 @@ def generate(model, tokenizer, prompts: List[str], n: int, sampling: SamplingCon
     prompt_ids = enc["input_ids"].to(device).repeat_interleave(n, dim=0)
     prompt_mask = enc["attention_mask"].to(device).repeat_interleave(n, dim=0)
     P = prompt_ids.shape[1]
-    greedy = sampling.temperature <= 0
+    schedule = sampling.temperature_schedule
+    greedy = sampling.greedy
+    extra = {}
+    if schedule is not None:
+        extra["logits_processor"] = LogitsProcessorList([PositionTemperature(schedule, P)])
+        temperature = 1.0  # the processor does the scaling
+    else:
+        temperature = None if greedy else sampling.temperature
     out = model.generate(
         input_ids=prompt_ids,
         attention_mask=prompt_mask,
         do_sample=not greedy,
-        temperature=None if greedy else sampling.temperature,
+        temperature=temperature,
         top_p=None if greedy else sampling.top_p,
         top_k=None if greedy else sampling.top_k,
         max_new_tokens=sampling.max_new_tokens,
@@ -32,11 +72,14 @@ def generate(model, tokenizer, prompts: List[str], n: int, sampling: SamplingCon
         pad_token_id=tokenizer.pad_token_id,
         output_logits=True,
         return_dict_in_generate=True,
+        **extra,
     )
     completion_ids = out.sequences[:, P:]
     mask = completion_mask_from_eos(completion_ids, eos_ids)
     logits = torch.stack(out.logits, dim=1).float()  # [N, T, V]
-    if not greedy:
+    if schedule is not None:
+        logits = logits / position_temperatures(sampling, logits.shape[1], device=logits.device).view(1, -1, 1)
+    elif not greedy:
         logits = logits / sampling.temperature
     logp = torch.log_softmax(logits, dim=-1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) * mask
     completion_ids = torch.where(mask > 0, completion_ids, torch.full_like(completion_ids, tokenizer.pad_token_id))
