@@ -178,3 +178,9 @@ def test_sft_then_grpo_through_the_shared_trainer(tmp_path):
     assert [r["step"] for r in rows if "eval/accuracy" in r] == [0, 32, 64]  # after SFT, periodic, final
     assert any("accuracy" in r and "loss/policy" in r for r in rows)
     assert (tmp_path / "run" / "learning_curve.png").exists()
+
+
+def test_recompute_logp_off_uses_the_samplers_log_probs():
+    p = tiny_policy(recompute_logp=False)
+    out = p.rollout(["12+3="], n=2)
+    assert out.logp is out.rollout_logp

@@ -60,6 +60,7 @@ class CausalLMPolicy(Policy):
         top_k: int = 0
         temperature_schedule: Optional[Dict[str, Any]] = None  # EAD (Yang et al. 2025, "Exploratory Annealed Decoding"); see SamplingConfig
         micro_batch_size: int = 64  # rows per forward pass when recomputing log-probs
+        recompute_logp: bool = True  # logp_old from a training forward; false = the sampler's own (fine for hf in fp32)
         gradient_checkpointing: bool = False
         vllm: Dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM arguments
 
@@ -181,7 +182,7 @@ class CausalLMPolicy(Policy):
         self.model.eval()
         texts = [self.format_prompt(p) for p in prompts]
         out = self.backend().generate(self.model, self.tokenizer, texts, n, sampling or self.sampling, self.eos_ids)
-        out.logp = self._recompute(out, reference=False)
+        out.logp = self._recompute(out, reference=False) if self.cfg.recompute_logp else out.rollout_logp
         if self.cfg.reference != "none":
             out.ref_logp = self._recompute(out, reference=True)
         self.model.train(was_training)
