@@ -195,6 +195,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return args.fn(args)
     except ConfigError as e:
         return _err(str(e))
+    except Exception as e:  # a run that had to stop (TrainingError): one line, data kept
+        from workbench.trainer import TrainingError
+
+        if isinstance(e, TrainingError):
+            return _err(str(e), code=1)
+        raise
     except KeyboardInterrupt:
         return _err("interrupted", 130)
 

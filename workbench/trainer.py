@@ -20,7 +20,7 @@ from workbench.advantages import compute_advantages, normalize_advantages
 from workbench.batch import Batch, Minibatch
 from workbench.config import RunConfig, to_yaml
 from workbench.objectives import objective
-from workbench.registry import ENVS, LR_SCHEDULES, POLICIES
+from workbench.registry import ConfigError, ENVS, LR_SCHEDULES, POLICIES
 from workbench.runlog import RunLogger, plot_learning_curve
 
 
@@ -32,7 +32,7 @@ def select_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"device={name} was asked for but CUDA is not available")
+        raise ConfigError(f"device={name} was asked for but CUDA is not available; use device=cpu or auto")
     return torch.device(name)
 
 
@@ -94,8 +94,6 @@ class Trainer:
         self.nonfinite_streak = 0
 
     def _init_policy_from(self, source: Path) -> None:
-        from workbench.registry import ConfigError
-
         path = checkpoint.latest(source / "checkpoints") if source.is_dir() else source
         if path is None or not path.exists():
             raise ConfigError(f"init_from={source}: no checkpoint found")
@@ -140,7 +138,7 @@ class Trainer:
     # ------------------------------------------------------------------ update
     def update(self, batch: Batch) -> Dict[str, float]:
         algo = self.algo
-        sums: Dict[str, float] = {}
+        sums: Dict[str, torch.Tensor] = {}  # kept on the device: one sync per update, not per metric
         count = 0
         stop = False
         for _ in range(algo.update_epochs):
@@ -163,14 +161,14 @@ class Trainer:
                     metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, algo.max_grad_norm, foreach=True)
                 self.optimizer.step()
                 for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
+                    sums[k] = sums[k] + v.detach() if k in sums else v.detach().float()
                 count += 1
                 if algo.target_kl is not None and float(metrics["policy/approx_kl"]) > 1.5 * algo.target_kl:
                     stop = True
                     break
             if stop:
                 break
-        stats = {k: v / max(count, 1) for k, v in sums.items()}
+        stats = {k: float(v) / max(count, 1) for k, v in sums.items()}
         stats["update/minibatches"] = float(count)
         stats["update/nonfinite_skipped"] = float(self.nonfinite_updates)
         if batch.returns is not None and batch.values is not None:
