@@ -44,6 +44,9 @@ class TextEnv(Environment):
         rewards: List[Dict[str, Any]] = field(default_factory=lambda: [{"name": "math_accuracy", "weight": 1.0}])
         accuracy_reward: str = "math_accuracy"  # the reward component reported as accuracy
         demonstration_template: str = "{answer}"  # the target text of an SFT demonstration
+        # share of SFT demonstrations written by the task's flawed teacher (arithmetic: one who
+        # forgets to carry), to study RL repairing imperfect SFT data; 0 = all demonstrations correct
+        demonstration_flaw_rate: float = 0.0
         failure_score: float = 0.0  # reward of a sample whose reward function raised
         mask_truncated_completions: bool = False  # TRL: no gradient from completions cut by max_new_tokens
         eval_size: int = 200
@@ -106,6 +109,11 @@ class TextEnv(Environment):
     def demonstrations(self, n: int):
         """(prompts, target completions) of ``n`` training items, for supervised warm-start."""
         items = [self._train_item() for _ in range(n)]
+        if self.cfg.demonstration_flaw_rate > 0:
+            if not hasattr(self.task, "flawed_answer"):
+                raise ConfigError(f"env.demonstration_flaw_rate needs a task with a flawed teacher; '{self.cfg.task}' has none")
+            items = [dict(x, answer=self.task.flawed_answer(x)) if self.rng.random() < self.cfg.demonstration_flaw_rate else x
+                     for x in items]
         try:
             return [self.prompt(x) for x in items], [self.cfg.demonstration_template.format(**x) for x in items]
         except KeyError as e:

@@ -29,7 +29,19 @@ class Arithmetic:
         ops = [rng.choice(self.ops) for _ in range(self.terms - 1)]
         expr = str(nums[0]) + "".join(f"{op}{n}" for op, n in zip(ops, nums[1:]))
         question = self.template.format(a=nums[0], op=ops[0], b=nums[1]) if self.terms == 2 else expr + "="
-        return {"question": question, "answer": str(eval(expr))}  # noqa: S307 - our own digits and operators
+        return {"question": question, "answer": str(eval(expr)), "operands": nums, "ops": "".join(ops)}  # noqa: S307
+
+    @staticmethod
+    def flawed_answer(item: Dict[str, Any]) -> str:
+        """What a teacher who forgets to carry writes: column-wise sums with every carry dropped
+        (27+38 -> 55). Same as the true answer when no column carries, or for non-additions."""
+        if item.get("ops") != "+" * (len(item["operands"]) - 1):
+            return item["answer"]
+        digits = [str(n)[::-1] for n in item["operands"]]
+        width = max(len(d) for d in digits)
+        columns = [sum(int(d[i]) for d in digits if i < len(d)) for i in range(width)]
+        out = "".join(str(c % 10) for c in columns[:-1]) + str(columns[-1])[::-1]
+        return str(int(out[::-1]))
 
 
 @TASKS.register("countdown")

@@ -184,3 +184,32 @@ def test_recompute_logp_off_uses_the_samplers_log_probs():
     p = tiny_policy(recompute_logp=False)
     out = p.rollout(["12+3="], n=2)
     assert out.logp is out.rollout_logp
+
+
+def test_flawed_teacher_forgets_every_carry():
+    item = lambda a, b: {"operands": [a, b], "ops": "+", "answer": str(a + b)}  # noqa: E731
+    assert [Arithmetic.flawed_answer(item(a, b)) for a, b in [(27, 38), (12, 34), (95, 17), (99, 1)]] == ["55", "46", "102", "90"]
+    assert Arithmetic.flawed_answer({"operands": [50, 7], "ops": "-", "answer": "43"}) == "43"
+
+
+def test_demonstration_flaw_rate_mixes_flawed_answers():
+    correct = TextEnv(TextEnv.Config(task_kwargs={"digits": 2, "ops": "+"}), seed=0)
+    flawed = TextEnv(TextEnv.Config(task_kwargs={"digits": 2, "ops": "+"}, demonstration_flaw_rate=1.0), seed=0)
+    good, bad = correct.demonstrations(200)[1], flawed.demonstrations(200)[1]
+    differs = sum(g != b for g, b in zip(good, bad))
+    assert 60 < differs < 140  # about half of random 2-digit additions carry
+    with pytest.raises(ConfigError, match="flawed teacher"):
+        TextEnv(TextEnv.Config(task="countdown", demonstration_flaw_rate=0.5), seed=0).demonstrations(2)
+
+
+@pytest.mark.slow
+def test_cpu_demo_grpo_repairs_flawed_sft_by_15_points(tmp_path):
+    """The README's text demo, shortened: held-out greedy accuracy after GRPO beats the SFT model by >= 15 points."""
+    from workbench.config import compose, validate
+    from workbench.runlog import read_metrics
+    from workbench.trainer import Trainer
+
+    run = validate(compose(["experiment=arithmetic_demo", "total_steps=49152", "progress=false"]))
+    Trainer(run, tmp_path / "run").train(plot=False)
+    acc = [r["eval/accuracy"] for r in read_metrics(tmp_path / "run") if "eval/accuracy" in r]
+    assert acc[-1] - acc[0] >= 0.15, acc

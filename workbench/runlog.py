@@ -57,9 +57,9 @@ class RunLogger:
                 break
         if "perf/steps_per_s" in clean:
             self.last_speed = clean["perf/steps_per_s"]
-        info = f"{self.last_speed:,.0f} steps/s"
+        info = f"{self.last_speed:,.0f} steps/s" if self.last_speed else ""
         if self.last_return is not None:
-            info += f"  {self.last_return[0]} {self.last_return[1]:,.1f}"
+            info += f"  {self.last_return[0]} {self.last_return[1]:,.3g}"
         if self.progress is not None:
             self.progress.update(self.task, completed=step, info=info)
         elif time.monotonic() - self.last_print > 5 or "eval/return_mean" in clean:
@@ -101,8 +101,8 @@ def plot_learning_curve(run_dir: Path, title: str = "") -> Path:
     has_episodes = any("episode/return" in r for r in rows)
     returns = [("episode/return", "train episodes"), ("eval/return_mean", "eval (deterministic)")]
     panels = [
-        ("return", returns if has_episodes else [("accuracy", "train accuracy"), ("eval/accuracy", "eval accuracy (greedy)"),
-                                                 ("reward/total", "mean reward")]),
+        ("return", returns if has_episodes else [("accuracy", "train accuracy (sampled)"),
+                                                 ("eval/accuracy", "eval accuracy (greedy)")]),
         ("losses", [("loss/policy", "policy"), ("loss/value", "value")]),
         ("update", [("policy/approx_kl", "approx KL"), ("policy/clip_frac", "clip fraction")]),
         ("entropy", [("policy/entropy", "entropy per step")]),
@@ -117,13 +117,13 @@ def plot_learning_curve(run_dir: Path, title: str = "") -> Path:
                 if key.startswith("eval") and "sft/step" in "".join(rows[0]):
                     label += " (step 0 = after SFT)"
                 ax.plot(xs, ys, style, label=label, markersize=3)
-        if name == "return":
+        if name == "return" and has_episodes:
             stds = [(r["step"], r["eval/return_mean"], r.get("eval/return_std", 0.0)) for r in rows if "eval/return_mean" in r]
             if stds:
                 xs, m, s = zip(*stds)
                 ax.fill_between(xs, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], alpha=0.2, color="C1")
         ax.set_title(name)
-        ax.set_xlabel("env steps")
+        ax.set_xlabel("env steps" if has_episodes else "samples")
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)

@@ -225,7 +225,8 @@ class Trainer:
             logger.close()
             self.env.close()
         if plot:
-            plot_learning_curve(self.run_dir, title=f"{run.name} ({run.env.name}: {getattr(run.env, 'id', '')}, {self.algo.name})")
+            what = getattr(run.env, "id", None) or getattr(run.env, "task", None) or run.env.name
+            plot_learning_curve(self.run_dir, title=f"{run.name} ({what}, {self.algo.name})")
         return final
 
     def resume(self) -> None:
