@@ -74,16 +74,19 @@ class Countdown:
 
 @TASKS.register("dataset")
 class Dataset:
-    """Question/answer rows from a JSONL or Parquet file (GSM8K / MATH style) through HF datasets.
-
-    ``answer_delimiter`` keeps the text after it (GSM8K writes "reasoning #### 72").
+    """Question/answer rows through HF datasets: a local JSONL/Parquet file, or a hub dataset
+    (``path: openai/gsm8k``, ``config_name: main``, splits by name) on machines that can reach
+    the hub. ``answer_delimiter`` keeps the text after it (GSM8K writes "reasoning #### 72").
+    Held-out items come from ``eval_path`` / ``eval_split``, else the first ``eval_fraction``.
     """
 
     def __init__(self, path: str, question_field: str = "question", answer_field: str = "answer",
-                 answer_delimiter: Optional[str] = "####", eval_fraction: float = 0.1, eval_path: Optional[str] = None) -> None:
-        self.train = self._load(path, question_field, answer_field, answer_delimiter)
-        if eval_path:
-            self.held_out = self._load(eval_path, question_field, answer_field, answer_delimiter)
+                 answer_delimiter: Optional[str] = "####", eval_fraction: float = 0.1, eval_path: Optional[str] = None,
+                 config_name: Optional[str] = None, split: str = "train", eval_split: Optional[str] = None) -> None:
+        fields = (question_field, answer_field, answer_delimiter, config_name)
+        self.train = self._load(path, split, *fields)
+        if eval_path or eval_split:
+            self.held_out = self._load(eval_path or path, eval_split or "train", *fields)
         else:
             cut = max(1, int(len(self.train) * eval_fraction))
             self.held_out, self.train = self.train[:cut], self.train[cut:]
@@ -91,15 +94,21 @@ class Dataset:
             raise ConfigError(f"dataset '{path}' has too few rows to split off an evaluation set")
 
     @staticmethod
-    def _load(path: str, q: str, a: str, delimiter: Optional[str]) -> List[Dict[str, Any]]:
+    def _load(path: str, split: str, q: str, a: str, delimiter: Optional[str], config_name: Optional[str]) -> List[Dict[str, Any]]:
         from pathlib import Path
 
         import datasets
 
-        if not Path(path).exists():
+        if Path(path).exists():
+            kind = "parquet" if path.endswith(".parquet") else "json"
+            rows = datasets.load_dataset(kind, data_files=path, split="train")
+        elif path.endswith((".jsonl", ".json", ".parquet")) or path.startswith((".", "/")):
             raise ConfigError(f"dataset file not found: {path}")
-        kind = "parquet" if path.endswith(".parquet") else "json"
-        rows = datasets.load_dataset(kind, data_files=path, split="train")
+        else:
+            try:
+                rows = datasets.load_dataset(path, config_name, split=split)
+            except Exception as e:  # offline, unknown name, bad split: one clear line
+                raise ConfigError(f"cannot load dataset '{path}' (split {split}): {str(e).splitlines()[0]}") from None
         missing = [f for f in (q, a) if f not in rows.column_names]
         if missing:
             raise ConfigError(f"dataset '{path}' has no column(s) {missing}; columns: {rows.column_names}")

@@ -64,3 +64,9 @@ def test_unknown_experiment_lists_options():
 def test_unknown_env_name():
     with pytest.raises(ConfigError, match="unknown env 'nope'; valid choices: gym_control"):
         run_of("env.name=nope")
+
+
+def test_gpu_text_experiment_composes_without_loading_anything():
+    run = run_of("experiment=gsm8k_grpo_qwen0.5b")
+    assert (run.policy.model, run.policy.backend, run.env.task) == ("Qwen/Qwen2.5-0.5B-Instruct", "vllm", "dataset")
+    assert (run.algo.policy_loss, run.algo.loss_agg_mode, run.algo.epsilon_high) == ("clip", "token-mean", 0.28)

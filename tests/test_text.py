@@ -213,3 +213,8 @@ def test_cpu_demo_grpo_repairs_flawed_sft_by_15_points(tmp_path):
     Trainer(run, tmp_path / "run").train(plot=False)
     acc = [r["eval/accuracy"] for r in read_metrics(tmp_path / "run") if "eval/accuracy" in r]
     assert acc[-1] - acc[0] >= 0.15, acc
+
+
+def test_hub_dataset_offline_is_one_clear_error():
+    with pytest.raises(ConfigError, match="cannot load dataset 'someone/no-such-set'"):
+        Dataset("someone/no-such-set", config_name="main")
