@@ -42,7 +42,7 @@ def test_token_logprobs_and_entropy_against_softmax():
 
 
 def test_rollout_logp_equals_training_forward_with_same_masking():
-    p = tiny_policy()
+    p = tiny_policy(recompute_logp="true")
     out = p.rollout(["12+34=", "5="], n=3)
     N = out.input_ids.shape[0]
     assert N == 6 and out.completion_mask.shape == out.logp.shape
@@ -180,10 +180,15 @@ def test_sft_then_grpo_through_the_shared_trainer(tmp_path):
     assert (tmp_path / "run" / "learning_curve.png").exists()
 
 
-def test_recompute_logp_off_uses_the_samplers_log_probs():
+def test_recompute_logp_modes():
     p = tiny_policy(recompute_logp=False)
     out = p.rollout(["12+3="], n=2)
     assert out.logp is out.rollout_logp
+    assert tiny_policy()._needs_recompute() is False  # auto: hf sampler in fp32 is the trained model itself
+    assert tiny_policy(recompute_logp="true")._needs_recompute() is True
+    assert tiny_policy(dtype="bfloat16")._needs_recompute() is True
+    with pytest.raises(ConfigError, match="recompute_logp"):
+        tiny_policy(recompute_logp="sometimes")
 
 
 def test_flawed_teacher_forgets_every_carry():

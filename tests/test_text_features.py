@@ -402,7 +402,8 @@ def test_ead_training_forward_uses_the_samplers_per_position_temperatures():
     policy = CausalLMPolicy(CausalLMPolicy.Config(
         model_config=dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                           num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64),
-        tokenizer="char", max_new_tokens=6, temperature_schedule={"kind": "linear", "start": 3.0, "end": 0.5, "over_tokens": 5}))
+        tokenizer="char", max_new_tokens=6, recompute_logp="true",
+        temperature_schedule={"kind": "linear", "start": 3.0, "end": 0.5, "over_tokens": 5}))
     out = policy.rollout(["12+3="], n=4)
     assert ((out.logp - out.rollout_logp).abs() * out.completion_mask).max() < 1e-4
 

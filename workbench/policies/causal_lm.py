@@ -60,7 +60,10 @@ class CausalLMPolicy(Policy):
         top_k: int = 0
         temperature_schedule: Optional[Dict[str, Any]] = None  # EAD (Yang et al. 2025, "Exploratory Annealed Decoding"); see SamplingConfig
         micro_batch_size: int = 64  # rows per forward pass when recomputing log-probs
-        recompute_logp: bool = True  # logp_old from a training forward; false = the sampler's own (fine for hf in fp32)
+        # logp_old from a no-grad training forward (true), or the sampler's own log-probs (false).
+        # auto: recompute unless the sampler is this very model in fp32 (hf backend), where both
+        # are the same computation (measured mismatch ~1e-7)
+        recompute_logp: str = "auto"  # auto | true | false
         gradient_checkpointing: bool = False
         vllm: Dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM arguments
 
@@ -77,6 +80,9 @@ class CausalLMPolicy(Policy):
                 normalize_schedule(dict(self.temperature_schedule))
                 if self.backend == "vllm":
                     raise ConfigError("policy.temperature_schedule is supported by the hf backend only (vLLM would ignore it)")
+            self.recompute_logp = str(self.recompute_logp).lower()
+            if self.recompute_logp not in ("auto", "true", "false"):
+                raise ConfigError(f"policy.recompute_logp={self.recompute_logp!r} is not valid; valid choices: auto, true, false")
             if self.dtype not in ("auto", "float32", "bfloat16"):
                 raise ConfigError(f"policy.dtype={self.dtype!r} is not valid; valid choices: auto, float32, bfloat16")
 
@@ -182,11 +188,16 @@ class CausalLMPolicy(Policy):
         self.model.eval()
         texts = [self.format_prompt(p) for p in prompts]
         out = self.backend().generate(self.model, self.tokenizer, texts, n, sampling or self.sampling, self.eos_ids)
-        out.logp = self._recompute(out, reference=False) if self.cfg.recompute_logp else out.rollout_logp
+        out.logp = self._recompute(out, reference=False) if self._needs_recompute() else out.rollout_logp
         if self.cfg.reference != "none":
             out.ref_logp = self._recompute(out, reference=True)
         self.model.train(was_training)
         return out
+
+    def _needs_recompute(self) -> bool:
+        if self.cfg.recompute_logp != "auto":
+            return self.cfg.recompute_logp == "true"
+        return not (self.cfg.backend == "hf" and next(self.model.parameters()).dtype == torch.float32)
 
     def _recompute(self, out: TokenRollout, reference: bool) -> torch.Tensor:
         chunks = []
