@@ -13,9 +13,10 @@ one torch thread. Each side runs in a fresh spawned process, one after the other
 repeats the pair, alternating which side goes first.
 
 A step is everything between two consecutive steps of each trainer's own loop: sampling,
-reward, advantages, the loss forward/backward and the optimiser step (our loop also
-recomputes the completions' log-probs with a no-grad forward; TRL skips that pass when
-``num_iterations=1`` and uses the detached training log-probs instead). Figures are seconds
+reward, advantages, the loss forward/backward and the optimiser step. Neither side runs an
+extra forward for the old log-probs here: TRL uses the detached training log-probs when
+``num_iterations=1``; ours takes the sampler's own (``policy.recompute_logp=auto`` skips the
+recompute when the sampler is the trained fp32 model). Figures are seconds
 per step, the median over the timed steps after ``--warmup`` untimed ones; ``ratio`` is
 TRL's over ours (higher is better for us).
 """
