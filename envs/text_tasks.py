@@ -9,9 +9,9 @@ from __future__ import annotations
 import random
 from typing import Any, Dict, List, Optional
 
-from workbench.registry import ConfigError, Registry
+from workbench.registry import ConfigError, Registry, add_registry
 
-TASKS: Registry = Registry("text task")
+TASKS: Registry = add_registry("text_tasks", Registry("text task"))
 
 
 @TASKS.register("arithmetic")

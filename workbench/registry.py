@@ -69,3 +69,9 @@ ALL = {
     "rewards": REWARDS,
     "benchmarks": BENCHMARKS,
 }
+
+
+def add_registry(kind: str, registry: Registry) -> Registry:
+    """Let a plugin list its own registry (e.g. text tasks) in ``workbench list``."""
+    ALL.setdefault(kind, registry)
+    return registry
