@@ -58,7 +58,14 @@ def test_reference_models():
     frozen = tiny_policy(reference="frozen")
     out = frozen.rollout(["1+1="], n=2)
     torch.testing.assert_close(out.ref_logp, out.logp)
-    assert not any(k.startswith("reference.") for k in frozen.state_dict())
+    assert any(k.startswith("reference.") for k in frozen.state_dict())  # a resumed run keeps its anchor
+    for p in frozen.model.parameters():
+        p.data.add_(0.1)
+    moved = frozen.rollout(["1+1="], n=2)
+    assert not torch.allclose(moved.ref_logp, moved.logp)
+    frozen.reset_reference()
+    again = frozen.rollout(["1+1="], n=2)
+    torch.testing.assert_close(again.ref_logp, again.logp)
     lora = tiny_policy(lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}, reference="lora_base")
     trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
@@ -74,6 +81,8 @@ def test_policy_config_errors():
         CausalLMPolicy.Config()
     with pytest.raises(ConfigError, match="lora_base needs policy.lora"):
         CausalLMPolicy.Config(model_config=TINY, reference="lora_base")
+    with pytest.raises(ConfigError, match="use policy.reference=lora_base"):
+        CausalLMPolicy.Config(model_config=TINY, reference="frozen", lora={"r": 4})
     with pytest.raises(ConfigError, match="cannot load model|neither a local path"):
         CausalLMPolicy(CausalLMPolicy.Config(model="/no/such/model", tokenizer="char"))
 
@@ -223,3 +232,21 @@ def test_cpu_demo_grpo_repairs_flawed_sft_by_15_points(tmp_path):
 def test_hub_dataset_offline_is_one_clear_error():
     with pytest.raises(ConfigError, match="cannot load dataset 'someone/no-such-set'"):
         Dataset("someone/no-such-set", config_name="main")
+
+
+def test_kl_anchor_is_the_model_rl_starts_from(tmp_path):
+    """After SFT (or init_from) the frozen reference equals the starting policy, not the random init."""
+    from workbench.config import compose, validate
+    from workbench.runlog import RunLogger
+    from workbench.trainer import Trainer
+
+    overrides = ["experiment=arithmetic_grpo_tiny", "sft.steps=5", "policy.reference=frozen", "algo.beta=0.1",
+                 "env.prompts_per_iteration=2", "env.group_size=2", "progress=false", "policy.model_config.num_hidden_layers=1"]
+    tr = Trainer(validate(compose(overrides)), tmp_path / "sft")
+    (tmp_path / "sft").mkdir()
+    tr.warm_start(RunLogger(tmp_path / "sft", 1, progress=False, tensorboard=False))
+    batch = tr.env.collect(tr.policy)
+    torch.testing.assert_close(batch.ref_logp, batch.logp_old)
+    rl = Trainer(validate(compose([*overrides[:1], "sft.steps=0", *overrides[2:], f"init_from={tmp_path / 'sft'}"])), tmp_path / "rl")
+    batch = rl.env.collect(rl.policy)
+    torch.testing.assert_close(batch.ref_logp, batch.logp_old)

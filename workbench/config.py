@@ -212,11 +212,27 @@ def compose(overrides: List[str]) -> DictConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    try:
-        with initialize_config_dir(version_base=None, config_dir=str(config_dir())):
-            return hydra_compose(config_name="config", overrides=list(overrides))
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(_hydra_message(e)) from None
+    overrides = list(overrides)
+    for _ in range(len(overrides) + 1):
+        try:
+            with initialize_config_dir(version_base=None, config_dir=str(config_dir())):
+                return hydra_compose(config_name="config", overrides=overrides)
+        except (HydraException, OmegaConfBaseException) as e:
+            # A key the YAML does not spell out (e.g. policy.reference) is still a valid option of
+            # the component's dataclass: add it, and let validate() reject real typos by name.
+            key = _missing_key(e)
+            adding = [i for i, o in enumerate(overrides) if key and o.split("=", 1)[0] == key]
+            if not adding or "." not in key:
+                raise ConfigError(_hydra_message(e)) from None
+            overrides[adding[0]] = "+" + overrides[adding[0]]
+    raise ConfigError("could not compose the config")
+
+
+def _missing_key(e: Exception) -> Optional[str]:
+    text = " ".join(str(e).split())
+    if text.startswith("Could not override '"):
+        return text.split("Could not override '")[1].split("'")[0]
+    return None
 
 
 def _hydra_message(e: Exception) -> str:

@@ -98,6 +98,7 @@ class Trainer:
         if path is None or not path.exists():
             raise ConfigError(f"init_from={source}: no checkpoint found")
         self.policy.load_state_dict(checkpoint.load(path)["policy"])
+        self.policy.reset_reference()
 
     def warm_start(self, logger: RunLogger) -> None:
         """Supervised fine-tuning before RL (``sft.steps``), then a checkpoint so a resumed
@@ -109,6 +110,7 @@ class Trainer:
 
         logger.message(f"supervised warm-start: {self.run.sft.steps} steps")
         supervised_finetune(self.policy, self.env, self.run.sft, self.device, log)
+        self.policy.reset_reference()
         self.sft_done = True
         self.save_checkpoint()
 

@@ -26,6 +26,9 @@ class Policy(nn.Module):
     def evaluate(self, policy_inputs: Dict[str, torch.Tensor]) -> PolicyOutput:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def reset_reference(self) -> None:
+        """Re-anchor a KL reference on the current weights (no reference: nothing to do)."""
+
     def param_groups(self) -> list:
         """Parameter groups for the optimiser (override for per-group learning rates)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]

@@ -74,6 +74,8 @@ class CausalLMPolicy(Policy):
                 raise ConfigError(f"policy.reference={self.reference!r} is not valid; valid choices: none, frozen, lora_base")
             if self.reference == "lora_base" and not self.lora:
                 raise ConfigError("policy.reference=lora_base needs policy.lora")
+            if self.reference == "frozen" and self.lora:
+                raise ConfigError("with policy.lora use policy.reference=lora_base (the adapters switched off)")
             if self.backend not in ("hf", "vllm"):
                 raise ConfigError(f"policy.backend={self.backend!r} is not valid; valid choices: hf, vllm")
             if self.temperature_schedule is not None:
@@ -259,14 +261,9 @@ class CausalLMPolicy(Policy):
     def param_groups(self) -> list:
         return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
 
-    def state_dict(self, *args, **kwargs):
-        """Only the trained model (and its LoRA adapters): the reference never changes."""
-        return {k: v for k, v in super().state_dict(*args, **kwargs).items() if not k.startswith("reference.")}
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        missing_ok = {k for k in super().state_dict() if k.startswith("reference.")}
-        result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        bad = [k for k in result.missing_keys if k not in missing_ok] + list(result.unexpected_keys)
-        if strict and bad:
-            raise RuntimeError(f"checkpoint does not match the policy: {bad[:5]}")
-        return result
+    def reset_reference(self) -> None:
+        """Make the frozen reference the current weights (called when training starts from
+        init_from or after SFT: the KL anchor is the model RL starts from, not the random init).
+        The reference is part of the state dict, so a resumed run keeps the same anchor."""
+        if self.reference is not None:
+            self.reference.load_state_dict(self.model.state_dict())
