@@ -62,7 +62,7 @@ def test_unknown_experiment_lists_options():
 
 
 def test_unknown_env_name():
-    with pytest.raises(ConfigError, match="unknown env 'nope'; valid choices: gym_control"):
+    with pytest.raises(ConfigError, match="unknown env 'nope'; valid choices: .*gym_control, text"):
         run_of("env.name=nope")
 
 

@@ -35,6 +35,10 @@ class Environment:
     def collect(self, policy) -> Batch:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def attach(self, run_dir) -> None:
+        """Called by the trainer with the run directory, for envs that write files there
+        (image grids, videos). Default: nothing."""
+
     def score(self, batch: Batch) -> Batch:
         """Apply the adapter's reward pipeline to raw collected rewards (default: as is)."""
         return batch

@@ -99,10 +99,12 @@ def plot_learning_curve(run_dir: Path, title: str = "") -> Path:
 
     rows = read_metrics(run_dir)
     has_episodes = any("episode/return" in r for r in rows)
+    has_accuracy = any("accuracy" in r for r in rows)
     returns = [("episode/return", "train episodes"), ("eval/return_mean", "eval (deterministic)")]
     panels = [
-        ("return", returns if has_episodes else [("accuracy", "train accuracy (sampled)"),
-                                                 ("eval/accuracy", "eval accuracy (greedy)")]),
+        ("return", returns if has_episodes else
+         [("accuracy", "train accuracy (sampled)"), ("eval/accuracy", "eval accuracy (greedy)")] if has_accuracy else
+         [("reward/per_row", "train reward"), ("eval/return_mean", "eval reward")]),
         ("losses", [("loss/policy", "policy"), ("loss/value", "value")]),
         ("update", [("policy/approx_kl", "approx KL"), ("policy/clip_frac", "clip fraction")]),
         ("entropy", [("policy/entropy", "entropy per step")]),

@@ -184,6 +184,7 @@ class Trainer:
         run = self.run
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(to_yaml(run))
+        self.env.attach(self.run_dir)
         logger = logger or RunLogger(self.run_dir, run.total_steps, self.step, progress=run.progress)
         schedule = LR_SCHEDULES.get(self.algo.lr_schedule)
         final: Dict[str, float] = {}
@@ -208,7 +209,8 @@ class Trainer:
                 elapsed = time.perf_counter() - t0
                 metrics = {
                     **self.env.pop_metrics(), **stats,
-                    "reward/mean": float((batch.rewards * batch.mask).sum() / batch.mask.sum()),
+                    "reward/mean": float((batch.rewards * batch.mask).sum() / batch.mask.sum()),  # per step
+                    "reward/per_row": float((batch.rewards * batch.mask).sum(1).mean()),  # per trajectory
                     "perf/steps_per_s": self.env.steps_per_collect / elapsed,
                     "perf/collect_s": t_collect, "perf/update_s": elapsed - t_collect,
                     "lr": self.optimizer.param_groups[0]["lr"], "iteration": float(self.iteration),

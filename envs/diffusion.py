@@ -1,0 +1,228 @@
+"""Image generation by a diffusion policy, rewarded on the final image (DDPO-style RL).
+
+One iteration samples ``group_size`` images for each of ``prompts_per_iteration`` prompts
+(class ids for a class-conditioned UNet; cycled through ``prompts``). A trajectory is one
+image's denoising chain: N = images, T = the policy's ``num_steps``. The image reward (the
+shared reward library, e.g. ``jpeg_compressibility``) is terminal: it sits on the last valid
+(trained) step of each row, so ``sum(rewards * mask)`` over a row is the image's reward even
+when ``timestep_fraction`` < 1 masks the final step; ``dones`` is 1 on the last step. Groups
+are prompts, for GRPO-style advantages.
+
+Images: the reward pipeline is called with the images as ``completions`` (for an image
+generator the completion is the image) and the prompt ids in a ``prompt`` column. Image grids
+go to ``image_dir`` (by default ``<run_dir>/images``, set through ``attach``):
+``train_<iteration>.png`` every ``image_every`` iterations, ``eval_<n>.png`` at every
+evaluation (the first is the policy before RL, the last after) and ``reward_curve.png`` (mean
+reward and JPEG size per iteration) at every evaluation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from workbench.batch import Batch
+from workbench.environment import Environment, EnvSpec
+from workbench.registry import ConfigError, ENVS
+
+def image_grid(images: torch.Tensor, cols: Optional[int] = None, pad: int = 2) -> np.ndarray:
+    """[B, C, H, W] floats in [0, 1] -> one HWC uint8 grid (white padding)."""
+    imgs = (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    B, H, W, C = imgs.shape
+    cols = cols or int(math.ceil(math.sqrt(B)))
+    rows = int(math.ceil(B / cols))
+    grid = np.full((rows * (H + pad) + pad, cols * (W + pad) + pad, C), 255, dtype=np.uint8)
+    for i, im in enumerate(imgs):
+        r, c = divmod(i, cols)
+        grid[pad + r * (H + pad): pad + r * (H + pad) + H, pad + c * (W + pad): pad + c * (W + pad) + W] = im
+    return grid
+
+
+def save_grid(path: Path, images: torch.Tensor, cols: Optional[int] = None, scale: int = 2) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(image_grid(images, cols).squeeze())
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    img.save(path)
+    return path
+
+
+@ENVS.register("diffusion")
+class DiffusionEnv(Environment):
+    @dataclass
+    class Config:
+        name: str = "diffusion"
+        prompts: List[int] = field(default_factory=lambda: [0, 1, 2, 3])  # class ids (-1 = unconditional)
+        prompts_per_iteration: int = 4  # prompts per iteration, cycled through ``prompts``
+        group_size: int = 8  # images per prompt (the GRPO group)
+        rewards: List[Dict[str, Any]] = field(default_factory=lambda: [{"name": "jpeg_compressibility", "weight": 1.0}])
+        failure_score: float = 0.0  # reward of an image whose reward function raised
+        jpeg_quality: int = 95  # for the image/jpeg_kb metric
+        image_dir: Optional[str] = None  # where image grids go; null: <run_dir>/images when trained by the Trainer
+        image_every: int = 10  # iterations between training-image grids (0: never)
+        eval_seed: int = 12345  # fixed noise of evaluations, so they compare across a run
+
+        def __post_init__(self) -> None:
+            if not self.prompts:
+                raise ConfigError("env.prompts must list at least one class id")
+            if self.prompts_per_iteration < 1 or self.group_size < 1:
+                raise ConfigError("env.prompts_per_iteration and env.group_size must be >= 1")
+            if self.image_every < 0:
+                raise ConfigError(f"env.image_every must be >= 0, got {self.image_every}")
+
+    def attach(self, run_dir) -> None:
+        if self.cfg.image_dir is None:
+            self.cfg.image_dir = str(Path(run_dir) / "images")
+
+    def __init__(self, cfg: "DiffusionEnv.Config", seed: int) -> None:
+        from workbench.rewards.base import RewardPipeline
+
+        self.cfg, self.seed = cfg, seed
+        self.rewards = RewardPipeline(list(cfg.rewards), failure_score=cfg.failure_score)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.steps_per_collect = cfg.prompts_per_iteration * cfg.group_size
+        self.iteration = 0  # collects so far
+        self.next_prompt = 0  # index into prompts of the next iteration's first prompt
+        self.evaluations = 0
+        self.history: Dict[str, List[float]] = {"iteration": [], "reward": [], "jpeg_kb": []}  # for reward_curve.png
+        self._pending: Optional[Dict[str, Any]] = None
+        self._metrics: Dict[str, float] = {}
+
+    def spec(self) -> EnvSpec:
+        return EnvSpec(observation_shape=(), action_dim=0)
+
+    # ------------------------------------------------------------------ rewards
+    def _score(self, images: torch.Tensor, prompts: List[int]):
+        from workbench.rewards.image import jpeg_size_kb
+
+        pil = [_to_pil(x) for x in images]
+        result = self.rewards(pil, prompt=list(prompts))
+        kb = [jpeg_size_kb(x, self.cfg.jpeg_quality) for x in pil]
+        return result, kb
+
+    # ------------------------------------------------------------------ collect
+    def _iteration_prompts(self) -> List[int]:
+        P = self.cfg.prompts
+        chosen = [P[(self.next_prompt + i) % len(P)] for i in range(self.cfg.prompts_per_iteration)]
+        self.next_prompt = (self.next_prompt + self.cfg.prompts_per_iteration) % len(P)
+        return chosen
+
+    def collect(self, policy) -> Batch:
+        prompts = self._iteration_prompts()
+        G = self.cfg.group_size
+        cond = torch.tensor([p for p in prompts for _ in range(G)], dtype=torch.long)
+        images, traj = policy.sample(cond, generator=self.generator)
+        N, T = traj.logp.shape
+        device = traj.logp.device
+        mask = traj.train_mask.float()
+        last_valid = (torch.arange(T, device=device) * mask).argmax(1)  # rows always hold >= 1 trained step
+        dones = torch.zeros(N, T, device=device)
+        dones[:, -1] = 1.0
+        self.iteration += 1
+        self._pending = {"images": images, "prompts": cond.tolist(), "last_valid": last_valid}
+        self._metrics = {}
+        if self.cfg.image_dir and self.cfg.image_every and (self.iteration == 1 or self.iteration % self.cfg.image_every == 0):
+            save_grid(Path(self.cfg.image_dir) / f"train_{self.iteration:05d}.png", images, cols=G)
+        return Batch(
+            logp_old=traj.logp,
+            mask=mask,
+            rewards=torch.zeros(N, T, device=device),
+            dones=dones,
+            group=torch.arange(len(prompts), device=device).repeat_interleave(G),
+            policy_inputs={"x_t": traj.x_t, "t": traj.t, "x_prev": traj.x_prev, "cond": traj.cond},
+        )
+
+    def score(self, batch: Batch) -> Batch:
+        if self._pending is None:
+            raise RuntimeError("score() called before collect()")
+        pending, self._pending = self._pending, None
+        result, kb = self._score(pending["images"], pending["prompts"])
+        scores = torch.tensor(result.scores, dtype=batch.rewards.dtype, device=batch.rewards.device)
+        rewards = torch.zeros_like(batch.rewards)
+        rewards[torch.arange(batch.num_rows, device=rewards.device), pending["last_valid"]] = scores
+        self._metrics.update(result.metrics())
+        self._metrics["image/jpeg_kb"] = float(np.mean(kb))
+        self._metrics["image/reward_mean"] = float(np.mean(result.scores))
+        for key, value in (("iteration", float(self.iteration)), ("reward", self._metrics["image/reward_mean"]),
+                           ("jpeg_kb", self._metrics["image/jpeg_kb"])):
+            self.history[key].append(value)
+        return batch.with_(rewards=rewards)
+
+    def pop_metrics(self) -> Dict[str, float]:
+        metrics, self._metrics = self._metrics, {}
+        return metrics
+
+    # ------------------------------------------------------------------ evaluate
+    @torch.no_grad()
+    def evaluate(self, policy, episodes: int, video_path: Optional[str] = None, seed: Optional[int] = None) -> Dict[str, float]:
+        """Reward and JPEG size of ``episodes`` images (prompts cycled) from fixed noise.
+
+        ``video_path`` (or ``image_dir``) receives the image grid."""
+        n = max(1, int(episodes))
+        P = self.cfg.prompts
+        cond = torch.tensor([P[i % len(P)] for i in range(n)], dtype=torch.long)
+        generator = torch.Generator().manual_seed(self.cfg.eval_seed if seed is None else seed)
+        was_training = policy.training
+        policy.eval()
+        try:
+            images, _ = policy.sample(cond, generator=generator)
+        finally:
+            policy.train(was_training)
+        result, kb = self._score(images, cond.tolist())
+        scores = np.asarray(result.scores, dtype=np.float64)
+        cols = min(len(P), n) if n >= len(P) else n
+        if video_path is not None:
+            save_grid(Path(video_path), images, cols=cols)
+        if self.cfg.image_dir:
+            save_grid(Path(self.cfg.image_dir) / f"eval_{self.evaluations:03d}.png", images, cols=cols)
+            if self.history["iteration"]:
+                self.plot_reward_curve(Path(self.cfg.image_dir) / "reward_curve.png")
+        self.evaluations += 1
+        return {"eval/return_mean": float(scores.mean()), "eval/return_std": float(scores.std()),
+                "eval/jpeg_kb": float(np.mean(kb)), "eval/episodes": float(n)}
+
+    def plot_reward_curve(self, path: Path) -> Path:
+        """Mean image reward and JPEG size of every training iteration (the engine's
+        learning_curve.png plots returns or accuracy, which this env does not log)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        for ax, key, label in ((axes[0], "reward", "mean reward"), (axes[1], "jpeg_kb", "mean JPEG size (kB)")):
+            ax.plot(self.history["iteration"], self.history[key], "-")
+            ax.set_xlabel("iteration")
+            ax.set_title(label)
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> Dict[str, Any]:
+        return {"generator": self.generator.get_state(), "iteration": self.iteration,
+                "next_prompt": self.next_prompt, "evaluations": self.evaluations,
+                "history": {k: list(v) for k, v in self.history.items()}}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.iteration = int(state["iteration"])
+        self.next_prompt = int(state["next_prompt"])
+        self.evaluations = int(state.get("evaluations", 0))
+        if "history" in state:
+            self.history = {k: [float(x) for x in v] for k, v in state["history"].items()}
+
+
+def _to_pil(image: torch.Tensor):
+    from workbench.rewards.image import to_pil
+
+    return to_pil(image)
