@@ -11,7 +11,8 @@ from typing import Dict, List, Optional
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-HEADLINE = ("episode/return", "accuracy")  # what the progress line shows, first found wins
+# what the progress line shows, first found wins: metric -> label
+HEADLINE = {"episode/return": "return", "accuracy": "accuracy", "reward/per_row": "reward"}
 
 
 class RunLogger:
@@ -38,6 +39,7 @@ class RunLogger:
             self.progress.start()
         self.last_print = 0.0
         self.last_return: Optional[tuple] = None
+        self.headline_rank = len(HEADLINE)
         self.last_speed = 0.0
 
     def log(self, step: int, metrics: Dict[str, float]) -> None:
@@ -51,9 +53,9 @@ class RunLogger:
                 self.last_print = time.monotonic()
                 self.console.print(f"sft step {int(clean['sft/step']):>6,}  loss {clean.get('sft/loss', float('nan')):.4f}", highlight=False)
             return
-        for key in HEADLINE:
-            if key in clean:
-                self.last_return = (key.split("/")[-1].replace("_mean", ""), clean[key])
+        for rank, key in enumerate(HEADLINE):
+            if key in clean and rank <= self.headline_rank:  # never fall back to a lesser metric
+                self.headline_rank, self.last_return = rank, (HEADLINE[key], clean[key])
                 break
         if "perf/steps_per_s" in clean:
             self.last_speed = clean["perf/steps_per_s"]
