@@ -7,7 +7,7 @@ latents and timesteps). Its tensors are indexed either per row (``[N, ...]``) or
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Dict, Optional
 
 import torch
@@ -52,16 +52,6 @@ class Batch:
     @property
     def num_steps(self) -> int:
         return self.logp_old.shape[1]
-
-    def to(self, device: torch.device | str) -> "Batch":
-        moved = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, torch.Tensor):
-                moved[f.name] = v.to(device, non_blocking=True)
-            elif isinstance(v, dict):
-                moved[f.name] = {k: t.to(device, non_blocking=True) for k, t in v.items()}
-        return replace(self, **moved)
 
     def with_(self, **changes) -> "Batch":
         """A copy with some fields replaced (batches are treated as values)."""
