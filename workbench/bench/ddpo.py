@@ -1,0 +1,101 @@
+"""``workbench bench ddpo``: the cost of one DDPO iteration against its ceiling.
+
+The ceiling is the work no DDPO implementation can skip with the same model: sampling the
+same images (no grad) plus one forward and backward of the UNet for every trained (image,
+step) cell, in the same minibatches. Ours is a full iteration of the shared trainer (sample,
+log-probs, reward, advantages, PPO update over the cells with one epoch, optimiser steps).
+``overhead`` = ours / ceiling (lower is better; the issue's target is <= 1.3).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from typing import Dict, List
+
+import torch
+
+from workbench.registry import BENCHMARKS
+
+
+def _overrides(args) -> List[str]:
+    return [
+        "experiment=ddpo_compressibility_demo", "progress=false", "eval_every=0", "eval_episodes=0", "checkpoint_every=0",
+        f"threads={args.threads}", f"env.prompts_per_iteration={args.prompts}", f"env.group_size={args.group_size}",
+        f"policy.num_steps={args.num_steps}", "algo.update_epochs=1", f"algo.num_minibatches={args.minibatches}",
+        f"total_steps={args.prompts * args.group_size * (args.iterations + 1)}",
+    ]
+
+
+def ours_seconds(args) -> List[float]:
+    from workbench.config import compose, validate
+    from workbench.runlog import RunLogger
+    from workbench.trainer import Trainer
+
+    run = validate(compose(_overrides(args)))
+    times: List[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(run, tmp)
+        trainer.env.cfg.image_every = 0  # no PNG writing inside the timed loop
+        logger = RunLogger(trainer.run_dir, run.total_steps, progress=False, tensorboard=False)
+        last = [time.perf_counter()]
+
+        def log(step, metrics):
+            now = time.perf_counter()
+            times.append(now - last[0])
+            last[0] = now
+
+        logger.log = log
+        trainer.save_checkpoint = lambda: None
+        last[0] = time.perf_counter()
+        trainer.train(logger, plot=False)
+    return times[1:]  # the first iteration warms up
+
+
+def ceiling_seconds(args) -> List[float]:
+    from workbench.config import compose, validate
+    from workbench.registry import POLICIES
+
+    run = validate(compose(_overrides(args)))
+    torch.manual_seed(run.seed)
+    policy = POLICIES.get(run.policy.name)(run.policy)
+    optimizer = torch.optim.Adam(policy.param_groups(), lr=1e-6, fused=True)  # as the trainer
+    generator = torch.Generator().manual_seed(0)
+    B = args.prompts * args.group_size
+    cond = torch.arange(B) % args.prompts
+    times: List[float] = []
+    for _ in range(args.iterations + 1):
+        start = time.perf_counter()
+        _, traj = policy.sample(cond, generator=generator)
+        x_t, t, c = traj.x_t.flatten(0, 1), traj.t.flatten(), traj.cond.flatten()
+        for chunk in torch.randperm(x_t.shape[0]).chunk(args.minibatches):
+            eps = policy._eps(policy.unet, x_t[chunk], t[chunk], c[chunk])
+            optimizer.zero_grad(set_to_none=True)
+            eps.float().mean().backward()
+            optimizer.step()
+        times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+@BENCHMARKS.register("ddpo")
+def bench_ddpo(argv: List[str]) -> Dict:
+    parser = argparse.ArgumentParser(prog="workbench bench ddpo")
+    parser.add_argument("--iterations", type=int, default=4)
+    parser.add_argument("--prompts", type=int, default=4)
+    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--num-steps", type=int, default=10)
+    parser.add_argument("--minibatches", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    ceiling = statistics.median(ceiling_seconds(args))
+    ours = statistics.median(ours_seconds(args))
+    figures = {
+        "bench": "ddpo", "model": "tiny_unet (random init, 32x32)", "images_per_iteration": args.prompts * args.group_size,
+        "num_steps": args.num_steps, "minibatches": args.minibatches, "iterations": args.iterations, "threads": args.threads,
+        "ours_s_per_iteration": round(ours, 4), "ceiling_s_per_iteration": round(ceiling, 4), "overhead": round(ours / ceiling, 3),
+    }
+    print(f"ddpo {figures['images_per_iteration']} images x {args.num_steps} steps: ours {ours:.3f} s/iteration, "
+          f"ceiling (sample + one fwd/bwd per cell) {ceiling:.3f} s -> overhead {ours / ceiling:.2f}x", flush=True)
+    return figures
