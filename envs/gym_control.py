@@ -209,7 +209,6 @@ class GymControlEnv(Environment):
         val_buf[T] = policy.value_of(obs)
         next_values = torch.where(torch.as_tensor(truncs, device=dev), final_values, val_buf[1:])
         tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=dev).T.contiguous()  # noqa: E731
-        self._raw_rewards = rewards
         return Batch(
             logp_old=logp_buf.T.contiguous(),
             mask=torch.ones(E, T, device=dev),

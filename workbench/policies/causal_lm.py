@@ -19,7 +19,7 @@ from workbench.environment import EnvSpec
 from workbench.objectives import PolicyOutput
 from workbench.policies.base import Policy
 from workbench.registry import ConfigError, POLICIES
-from workbench.rollout.base import SamplingConfig, TokenRollout, normalize_schedule, position_temperatures
+from workbench.rollout.base import SamplingConfig, TokenRollout, normalize_schedule, scale_logits
 
 CORE_INPUTS = ("input_ids", "attention_mask", "prompt_length")
 
@@ -245,12 +245,7 @@ class CausalLMPolicy(Policy):
             model = self.reference if reference else self.model
             logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, **extra).logits
         logits = logits[:, P - 1:-1]
-        # the same per-position temperatures the sampler used (EAD), else one temperature
-        temps = position_temperatures(self.sampling, logits.shape[1], device=logits.device)
-        if temps is not None:
-            logits = logits.float() / temps.view(1, -1, 1)
-        elif self.sampling.temperature > 0:
-            logits = logits / self.sampling.temperature
+        logits = scale_logits(logits, self.sampling)  # the temperatures the sampler used
         return token_logprobs(logits, ids[:, P:], with_entropy)
 
     def evaluate(self, policy_inputs: Dict[str, torch.Tensor]) -> PolicyOutput:

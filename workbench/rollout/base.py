@@ -198,6 +198,18 @@ def concat_rollouts(parts: Sequence[TokenRollout], pad_token_id: int) -> TokenRo
     )
 
 
+def scale_logits(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
+    """[B, T, V] completion logits divided by the temperature each position was sampled at:
+    the per-position schedule (EAD) if any, else the one temperature (greedy: unchanged).
+    The sampler's log-probs and the trainer's recomputation both go through here, so they agree."""
+    temps = position_temperatures(sampling, logits.shape[1], device=logits.device)
+    if temps is not None:
+        return logits.float() / temps.view(1, -1, 1)
+    if sampling.temperature > 0:
+        return logits / sampling.temperature
+    return logits
+
+
 def completion_mask_from_eos(completion_ids: torch.Tensor, eos_ids: List[int]) -> torch.Tensor:
     """[N, T] 1 up to and including the first EOS token of each row, 0 after it."""
     is_eos = torch.zeros_like(completion_ids, dtype=torch.bool)

@@ -18,7 +18,7 @@ from workbench.rollout.base import (
     TokenRollout,
     completion_mask_from_eos,
     normalize_schedule,
-    position_temperatures,
+    scale_logits,
     scheduled_temperature,
 )
 
@@ -77,10 +77,7 @@ def generate(model, tokenizer, prompts: List[str], n: int, sampling: SamplingCon
     completion_ids = out.sequences[:, P:]
     mask = completion_mask_from_eos(completion_ids, eos_ids)
     logits = torch.stack(out.logits, dim=1).float()  # [N, T, V]
-    if schedule is not None:
-        logits = logits / position_temperatures(sampling, logits.shape[1], device=logits.device).view(1, -1, 1)
-    elif not greedy:
-        logits = logits / sampling.temperature
+    logits = scale_logits(logits, sampling)
     logp = torch.log_softmax(logits, dim=-1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) * mask
     completion_ids = torch.where(mask > 0, completion_ids, torch.full_like(completion_ids, tokenizer.pad_token_id))
     ended = (mask.sum(1) < mask.shape[1]) | _ends_with_eos(completion_ids, mask, eos_ids)
