@@ -1,26 +1,33 @@
-"""Image generation by a diffusion policy, rewarded on the final image (DDPO-style RL).
+"""Image generation by a diffusion policy, rewarded on the final image (DDPO / Flow-GRPO-style RL).
 
-One iteration samples ``group_size`` images for each of ``prompts_per_iteration`` prompts
-(class ids for a class-conditioned UNet; cycled through ``prompts``). A trajectory is one
-image's denoising chain: N = images, T = the policy's ``num_steps``. The image reward (the
-shared reward library, e.g. ``jpeg_compressibility``) is terminal: it sits on the last valid
-(trained) step of each row, so ``sum(rewards * mask)`` over a row is the image's reward even
-when ``timestep_fraction`` < 1 masks the final step; ``dones`` is 1 on the last step. Groups
-are prompts, for GRPO-style advantages.
+One iteration samples ``group_size`` images for each of ``prompts_per_iteration`` prompts. A
+trajectory is one image's denoising chain: N = images, T = the policy's ``num_steps``. The
+image reward (the shared reward library, e.g. ``jpeg_compressibility``, ``aesthetic_score``,
+``vlm_judge``) is terminal: it sits on the last trained step of each row, so
+``sum(rewards * mask)`` over a row is the image's reward whichever steps are trained;
+``dones`` is 1 on the last step. Groups are prompts, and a group id is the prompt's index in
+the prompt set, stable over the run (DDPO's per-prompt statistics remember rewards by it).
+With ``branch: true`` each group is one trunk that branches at the first trained step
+(B²-DiffuRL).
+
+Prompts: class ids for a class-conditioned UNet, or text for a text-to-image pipeline; given
+as a list in YAML (``prompts``; an entry may be a mapping ``{prompt: ..., <metadata>: ...}``),
+or read from ``prompt_file``: a text file with one prompt per line, a JSON/JSONL/CSV/Parquet
+file or a hub dataset whose ``prompt_column`` holds the prompts. Every other column (or
+metadata key) reaches the rewards as a per-sample column of that name, beside ``prompt``.
 
 Images: the reward pipeline is called with the images as ``completions`` (for an image
-generator the completion is the image) and the prompt ids in a ``prompt`` column. Image grids
-go to ``image_dir`` (by default ``<run_dir>/images``, set through ``attach``):
-``train_<iteration>.png`` every ``image_every`` iterations, ``eval_<n>.png`` at every
-evaluation (the first is the policy before RL, the last after) and ``reward_curve.png`` (mean
-reward and JPEG size per iteration) at every evaluation.
+generator the completion is the image). Image grids go to ``image_dir`` (by default
+``<run_dir>/images``): ``train_<iteration>.png`` every ``image_every`` iterations,
+``eval_<n>.png`` at every evaluation (the first is the policy before RL, the last after) and
+``reward_curve.png`` (mean reward and JPEG size per iteration) at every evaluation.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -53,14 +60,63 @@ def save_grid(path: Path, images: torch.Tensor, cols: Optional[int] = None, scal
     return path
 
 
+def load_prompts(source: str, column: str = "prompt", split: str = "train") -> List[Any]:
+    """Prompts from a text file (one per line; blank lines and ``#`` comments skipped), a
+    JSON/JSONL/CSV/Parquet file or a hub dataset. Table rows become ``{prompt, **metadata}``."""
+    path = Path(source)
+    if path.suffix in ("", ".txt") and path.is_file():
+        lines = [ln.strip() for ln in path.read_text().splitlines()]
+        return [ln for ln in lines if ln and not ln.startswith("#")]
+    import datasets
+
+    kinds = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+    if path.exists():
+        if path.suffix not in kinds:
+            raise ConfigError(f"env.prompt_file={source!r}: unknown file type; use .txt, .json, .jsonl, .csv or .parquet")
+        rows = datasets.load_dataset(kinds[path.suffix], data_files=str(path), split="train")
+    elif path.suffix in kinds or path.suffix == ".txt" or source.startswith((".", "/")):
+        raise ConfigError(f"env.prompt_file not found: {source}")
+    else:
+        try:
+            rows = datasets.load_dataset(source, split=split)
+        except Exception as e:  # offline, unknown name, bad split: one clear line
+            raise ConfigError(f"cannot load prompt dataset '{source}' (split {split}): {str(e).splitlines()[0]}") from None
+    if column not in rows.column_names:
+        raise ConfigError(f"prompt set '{source}' has no column '{column}'; columns: {rows.column_names}")
+    return [{**{k: v for k, v in row.items() if k != column}, "prompt": row[column]} for row in rows]
+
+
+def split_prompts(entries: Sequence[Any]) -> tuple:
+    """(prompts, metadata columns) from entries that are plain prompts or ``{prompt, ...}``."""
+    prompts: List[Any] = []
+    keys: List[str] = []
+    for i, e in enumerate(entries):
+        if isinstance(e, dict):
+            if "prompt" not in e:
+                raise ConfigError(f"env.prompts[{i}] is a mapping without a 'prompt' key: {e!r}")
+            keys += [k for k in e if k != "prompt" and k not in keys]
+            prompts.append(e["prompt"])
+        elif isinstance(e, (int, str)):
+            prompts.append(e)
+        else:
+            raise ConfigError(f"env.prompts[{i}] must be a class id, a string or a mapping, got {e!r}")
+    meta = {k: [e.get(k) if isinstance(e, dict) else None for e in entries] for k in keys}
+    return prompts, meta
+
+
 @ENVS.register("diffusion")
 class DiffusionEnv(Environment):
     @dataclass
     class Config:
         name: str = "diffusion"
-        prompts: List[int] = field(default_factory=lambda: [0, 1, 2, 3])  # class ids (-1 = unconditional)
-        prompts_per_iteration: int = 4  # prompts per iteration, cycled through ``prompts``
+        prompts: List[Any] = field(default_factory=lambda: [0, 1, 2, 3])  # class ids, strings or {prompt, **metadata}
+        prompt_file: Optional[str] = None  # .txt (one per line), .json/.jsonl/.csv/.parquet or a hub dataset; replaces prompts
+        prompt_column: str = "prompt"  # the prompt column of a table or dataset
+        prompt_split: str = "train"  # split of a hub dataset
+        prompt_order: str = "cycle"  # cycle (in order) | random (DDPO draws prompts at random)
+        prompts_per_iteration: int = 4  # prompts per iteration
         group_size: int = 8  # images per prompt (the GRPO group)
+        branch: bool = False  # B²-DiffuRL branch sampling: a group shares its chain up to the first trained step
         rewards: List[Dict[str, Any]] = field(default_factory=lambda: [{"name": "jpeg_compressibility", "weight": 1.0}])
         failure_score: float = 0.0  # reward of an image whose reward function raised
         jpeg_quality: int = 95  # for the image/jpeg_kb metric
@@ -69,12 +125,16 @@ class DiffusionEnv(Environment):
         eval_seed: int = 12345  # fixed noise of evaluations, so they compare across a run
 
         def __post_init__(self) -> None:
-            if not self.prompts:
-                raise ConfigError("env.prompts must list at least one class id")
+            if not self.prompts and not self.prompt_file:
+                raise ConfigError("env.prompts must list at least one prompt (or set env.prompt_file)")
             if self.prompts_per_iteration < 1 or self.group_size < 1:
                 raise ConfigError("env.prompts_per_iteration and env.group_size must be >= 1")
             if self.image_every < 0:
                 raise ConfigError(f"env.image_every must be >= 0, got {self.image_every}")
+            if self.prompt_order not in ("cycle", "random"):
+                raise ConfigError(f"env.prompt_order={self.prompt_order!r} is not valid; valid choices: cycle, random")
+            if self.branch and self.group_size < 2:
+                raise ConfigError("env.branch needs env.group_size >= 2 (a trunk with one branch compares nothing)")
 
     def attach(self, run_dir) -> None:
         if self.cfg.image_dir is None:
@@ -84,6 +144,10 @@ class DiffusionEnv(Environment):
         from workbench.rewards.base import RewardPipeline
 
         self.cfg, self.seed = cfg, seed
+        entries = load_prompts(cfg.prompt_file, cfg.prompt_column, cfg.prompt_split) if cfg.prompt_file else list(cfg.prompts)
+        if not entries:
+            raise ConfigError(f"env.prompt_file={cfg.prompt_file!r} holds no prompts")
+        self.prompts, self.metadata = split_prompts(entries)
         self.rewards = RewardPipeline(list(cfg.rewards), failure_score=cfg.failure_score)
         self.generator = torch.Generator().manual_seed(seed)
         self.steps_per_collect = cfg.prompts_per_iteration * cfg.group_size
@@ -98,26 +162,32 @@ class DiffusionEnv(Environment):
         return EnvSpec(observation_shape=(), action_dim=0)
 
     # ------------------------------------------------------------------ rewards
-    def _score(self, images: torch.Tensor, prompts: List[int]):
+    def _score(self, images: torch.Tensor, index: List[int]):
         from workbench.rewards.image import jpeg_size_kb
 
         pil = [_to_pil(x) for x in images]
-        result = self.rewards(pil, prompt=list(prompts))
+        columns = {"prompt": [self.prompts[i] for i in index], **{k: [v[i] for i in index] for k, v in self.metadata.items()}}
+        result = self.rewards(pil, **columns)
         kb = [jpeg_size_kb(x, self.cfg.jpeg_quality) for x in pil]
         return result, kb
 
     # ------------------------------------------------------------------ collect
     def _iteration_prompts(self) -> List[int]:
-        P = self.cfg.prompts
-        chosen = [P[(self.next_prompt + i) % len(P)] for i in range(self.cfg.prompts_per_iteration)]
-        self.next_prompt = (self.next_prompt + self.cfg.prompts_per_iteration) % len(P)
+        """Indices into the prompt set of this iteration's prompts."""
+        P, K = len(self.prompts), self.cfg.prompts_per_iteration
+        if self.cfg.prompt_order == "random":
+            return torch.randint(P, (K,), generator=self.generator).tolist()
+        chosen = [(self.next_prompt + i) % P for i in range(K)]
+        self.next_prompt = (self.next_prompt + K) % P
         return chosen
 
     def collect(self, policy) -> Batch:
-        prompts = self._iteration_prompts()
+        chosen = self._iteration_prompts()
         G = self.cfg.group_size
-        cond = torch.tensor([p for p in prompts for _ in range(G)], dtype=torch.long)
-        images, traj = policy.sample(cond, generator=self.generator)
+        index = [i for i in chosen for _ in range(G)]
+        groups = torch.arange(len(chosen)).repeat_interleave(G)
+        images, traj = policy.sample([self.prompts[i] for i in index], generator=self.generator, iteration=self.iteration,
+                                     trunks=groups if self.cfg.branch else None)
         N, T = traj.logp.shape
         device = traj.logp.device
         mask = traj.train_mask.float()
@@ -125,8 +195,8 @@ class DiffusionEnv(Environment):
         dones = torch.zeros(N, T, device=device)
         dones[:, -1] = 1.0
         self.iteration += 1
-        self._pending = {"images": images, "prompts": cond.tolist(), "last_valid": last_valid}
-        self._metrics = {}
+        self._pending = {"images": images, "index": index, "last_valid": last_valid}
+        self._metrics = {"train/trained_steps": float(mask.sum(1).mean())}
         if self.cfg.image_dir and self.cfg.image_every and (self.iteration == 1 or self.iteration % self.cfg.image_every == 0):
             save_grid(Path(self.cfg.image_dir) / f"train_{self.iteration:05d}.png", images, cols=G)
         return Batch(
@@ -134,15 +204,16 @@ class DiffusionEnv(Environment):
             mask=mask,
             rewards=torch.zeros(N, T, device=device),
             dones=dones,
-            group=torch.arange(len(prompts), device=device).repeat_interleave(G),
-            policy_inputs={"x_t": traj.x_t, "t": traj.t, "x_prev": traj.x_prev, "cond": traj.cond},
+            group=torch.tensor(index, device=device),  # the prompt's index: stable across iterations
+            policy_inputs={"x_t": traj.x_t, "x_prev": traj.x_prev, "step": traj.step},
+            row_inputs=traj.cond,
         )
 
     def score(self, batch: Batch) -> Batch:
         if self._pending is None:
             raise RuntimeError("score() called before collect()")
         pending, self._pending = self._pending, None
-        result, kb = self._score(pending["images"], pending["prompts"])
+        result, kb = self._score(pending["images"], pending["index"])
         scores = torch.tensor(result.scores, dtype=batch.rewards.dtype, device=batch.rewards.device)
         rewards = torch.zeros_like(batch.rewards)
         rewards[torch.arange(batch.num_rows, device=rewards.device), pending["last_valid"]] = scores
@@ -165,18 +236,18 @@ class DiffusionEnv(Environment):
 
         ``video_path`` (or ``image_dir``) receives the image grid."""
         n = max(1, int(episodes))
-        P = self.cfg.prompts
-        cond = torch.tensor([P[i % len(P)] for i in range(n)], dtype=torch.long)
+        P = len(self.prompts)
+        index = [i % P for i in range(n)]
         generator = torch.Generator().manual_seed(self.cfg.eval_seed if seed is None else seed)
         was_training = policy.training
         policy.eval()
         try:
-            images, _ = policy.sample(cond, generator=generator)
+            images, _ = policy.sample([self.prompts[i] for i in index], generator=generator, evaluation=True)
         finally:
             policy.train(was_training)
-        result, kb = self._score(images, cond.tolist())
+        result, kb = self._score(images, index)
         scores = np.asarray(result.scores, dtype=np.float64)
-        cols = min(len(P), n) if n >= len(P) else n
+        cols = min(P, n)
         if video_path is not None:
             save_grid(Path(video_path), images, cols=cols)
         if self.cfg.image_dir:

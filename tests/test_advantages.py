@@ -7,6 +7,8 @@ its own expected values.
 from __future__ import annotations
 
 import math
+
+import numpy as np
 from types import SimpleNamespace
 
 import pytest
@@ -31,6 +33,9 @@ def make_cfg(**overrides):
         scale_rewards="group",
         normalize_advantages="none",
         advantage="gae",
+        advantage_clip=None,
+        stat_buffer_size=4,
+        stat_min_count=3,
     )
     cfg.update(overrides)
     return SimpleNamespace(**cfg)
@@ -322,3 +327,40 @@ def test_gae_recursion_stops_at_padding_after_a_non_terminal_step():
     d1 = 2.0 + 0.9 * 3.0 - 1.0  # last valid step bootstraps from its next value
     d0 = 1.0 + 0.9 * 1.0 - 0.5
     torch.testing.assert_close(adv, t(d0 + 0.9 * 0.8 * d1, d1, 0.0))
+
+
+def test_per_prompt_stat_tracking_uses_batch_stats_until_the_buffer_fills_then_its_history():
+    """DDPO's tracker by hand: prompt 7 has 2 rewards (< min_count 3) -> batch mean/std; the
+    next iteration it holds 4 (buffer 4) -> its own mean/std, the oldest dropped after that."""
+    from workbench.advantages import compute_advantages
+    from workbench.batch import Batch
+
+    def batch(rewards, groups):
+        r = torch.tensor(rewards, dtype=torch.float64)[:, None]
+        return Batch(logp_old=torch.zeros_like(r), mask=torch.ones_like(r), rewards=r, dones=torch.ones_like(r),
+                     group=torch.tensor(groups))
+
+    cfg = make_cfg(advantage="per_prompt")
+    state = {}
+    first = compute_advantages(batch([1.0, 3.0, 10.0, 14.0], [7, 7, 9, 9]), cfg, state).advantages[:, 0]
+    allr = np.array([1.0, 3.0, 10.0, 14.0])
+    expected = (allr - allr.mean()) / (allr.std() + 1e-6)  # population std, as numpy / DDPO
+    np.testing.assert_allclose(first.numpy(), expected, rtol=1e-9)
+    assert state["per_prompt"] == {7: [1.0, 3.0], 9: [10.0, 14.0]}
+    second = compute_advantages(batch([5.0, 7.0], [7, 7]), cfg, state).advantages[:, 0]
+    hist = np.array([1.0, 3.0, 5.0, 7.0])
+    np.testing.assert_allclose(second.numpy(), (np.array([5.0, 7.0]) - hist.mean()) / (hist.std() + 1e-6), rtol=1e-9)
+    compute_advantages(batch([9.0], [7]), cfg, state)
+    assert state["per_prompt"][7] == [3.0, 5.0, 7.0, 9.0]  # buffer_size 4: the oldest reward left
+
+
+def test_advantage_clip_bounds_advantages():
+    from workbench.advantages import compute_advantages
+    from workbench.batch import Batch
+
+    r = torch.tensor([[0.0], [0.0], [0.0], [100.0]])
+    b = Batch(logp_old=torch.zeros_like(r), mask=torch.ones_like(r), rewards=r, dones=torch.ones_like(r), group=torch.zeros(4).long())
+    free = compute_advantages(b, make_cfg(advantage="dr_grpo")).advantages
+    clipped = compute_advantages(b, make_cfg(advantage="dr_grpo", advantage_clip=5.0)).advantages
+    assert float(free.max()) == 75.0 and float(free.min()) == -25.0
+    assert clipped.flatten().tolist() == [-5.0, -5.0, -5.0, 5.0]

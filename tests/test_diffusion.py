@@ -42,8 +42,10 @@ def make_env(**kw):
 
 
 def cells(batch, rows=None):
-    """policy_inputs of every (row, step) cell as [M, 1, ...], in row-major order."""
-    return {k: v.reshape(-1, *v.shape[2:]).unsqueeze(1) for k, v in batch.policy_inputs.items()}
+    """policy_inputs (and the row inputs) of every (row, step) cell as [M, 1, ...], in row-major order."""
+    T = batch.num_steps
+    return {**{k: v.reshape(-1, *v.shape[2:]).unsqueeze(1) for k, v in batch.policy_inputs.items()},
+            **{k: v.repeat_interleave(T, 0).unsqueeze(1) for k, v in batch.row_inputs.items()}}
 
 
 def test_step_logp_matches_torch_normal():
@@ -53,9 +55,10 @@ def test_step_logp_matches_torch_normal():
     gen = torch.Generator().manual_seed(0)
     _, traj = policy.sample(torch.tensor([0, 1, 2]), generator=gen)
     for step in (0, 2, 3):
-        x_t, t, x_prev, cond = traj.x_t[:, step], traj.t[:, step], traj.x_prev[:, step], traj.cond[:, step]
+        x_t, x_prev, cond = traj.x_t[:, step], traj.x_prev[:, step], traj.cond["class_labels"]
+        t = policy.schedule["timesteps"][traj.step[:, step]]
         with torch.no_grad():
-            eps = policy.unet(x_t, t, class_labels=cond).sample
+            eps = policy.model(x_t, t, class_labels=cond).sample
         # DDIM eq. 12/16 written out independently from the scheduler's alphas
         ac = policy.scheduler.alphas_cumprod
         tt = int(t[0])
@@ -78,9 +81,11 @@ def test_ddim_mean_matches_diffusers_scheduler_step():
     sched = policy.scheduler
     x_t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     eps = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
-    for t in sched.timesteps:
-        tt = t.expand(2)
-        a_t, a_prev = policy._alphas(tt)
+    sched.set_timesteps(policy.cfg.num_steps)
+    for i, t in enumerate(sched.timesteps):
+        step = torch.full((2,), i)
+        assert int(policy.schedule["timesteps"][i]) == int(t)
+        a_t, a_prev = policy.schedule["alpha_t"][step], policy.schedule["alpha_prev"][step]
         mean, std = ddim_step_mean_std(eps, x_t, a_t, a_prev, 1.0, policy.clip_sample)
         noise = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
         ref = sched.step(eps, int(t), x_t, eta=1.0, variance_noise=noise).prev_sample
@@ -111,14 +116,14 @@ def test_evaluate_reproduces_logp_old_and_ratio_is_one():
 
 def test_kl_is_zero_with_lora_reference_at_init_and_positive_after_change():
     policy = make_policy(lora={"r": 2, "target_modules": ["conv1", "conv2"]}, reference="lora_base")
-    trainable = [n for n, p in policy.unet.named_parameters() if p.requires_grad]
+    trainable = [n for n, p in policy.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     env = make_env()
     batch = env.score(env.collect(policy))
     out = policy.evaluate(cells(batch))
     assert float(out.kl.detach().abs().max()) == 0.0  # lora_B starts at zero
     with torch.no_grad():
-        for n, p in policy.unet.named_parameters():
+        for n, p in policy.model.named_parameters():
             if "lora_B" in n:
                 p.add_(0.05)
     out = policy.evaluate(cells(batch))
@@ -166,9 +171,10 @@ def test_env_batch_shapes_and_rewards(tmp_path):
     assert batch.group.tolist() == [0, 0, 0, 1, 1, 1]
     pi = batch.policy_inputs
     assert pi["x_t"].shape == pi["x_prev"].shape == (N, T, 3, 16, 16)
-    assert pi["t"].shape == pi["cond"].shape == (N, T)
-    assert pi["cond"][:, 0].tolist() == [0, 0, 0, 1, 1, 1]
-    assert pi["t"][0].tolist() == sorted(pi["t"][0].tolist(), reverse=True)  # noisiest first
+    assert pi["step"].shape == (N, T) and pi["step"][0].tolist() == [0, 1, 2, 3]
+    assert batch.row_inputs["class_labels"].tolist() == [0, 0, 0, 1, 1, 1]  # stored once per row
+    ts = policy.schedule["timesteps"].tolist()
+    assert ts == sorted(ts, reverse=True)  # noisiest first
     assert torch.equal(pi["x_t"][:, 1:], pi["x_prev"][:, :-1])  # a chain
     assert batch.dones[:, -1].eq(1).all() and batch.dones[:, :-1].eq(0).all()
     assert batch.mask.eq(1).all()
@@ -237,9 +243,9 @@ def test_two_iteration_training_run(tmp_path):
 
 def test_from_pretrained_loads_saved_unet(tmp_path):
     policy = make_policy()
-    policy.unet.save_pretrained(tmp_path / "unet")
+    policy.model.save_pretrained(tmp_path / "unet")
     loaded = make_policy(pretrained=str(tmp_path / "unet"), unet_config={})
-    for a, b in zip(policy.unet.state_dict().values(), loaded.unet.state_dict().values()):
+    for a, b in zip(policy.model.state_dict().values(), loaded.model.state_dict().values()):
         assert torch.equal(a, b)
     with pytest.raises(ConfigError, match="pretrained"):
         make_policy(pretrained=str(tmp_path / "missing"))

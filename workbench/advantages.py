@@ -1,11 +1,18 @@
 """Advantage estimators, registered by name (``algo.advantage``).
 
 Each estimator is a pure function ``fn(batch, cfg) -> (advantages [N, T], returns [N, T] | None)``.
-``returns`` are value targets and exist only where the estimator uses a critic.
+``returns`` are value targets and exist only where the estimator uses a critic. An estimator
+with a history across iterations (DDPO's per-prompt statistics) is marked ``@stateful`` and is
+called as ``fn(batch, cfg, state)`` with a dict the trainer keeps and checkpoints.
+
+``group`` ids name the prompt (or start state) of each row. Group-relative estimators only
+compare rows within one batch; ``per_prompt`` also remembers rewards per id across iterations,
+so it needs ids that are stable over a run (the diffusion env uses the prompt's index).
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from collections import deque
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -137,13 +144,57 @@ def reinforce_pp_estimator(batch: Batch, cfg) -> Advantages:
     return masked_whiten(rtg * batch.mask, batch.mask), None
 
 
+def stateful(fn: Callable) -> Callable:
+    """Mark an estimator that keeps a history: it is called as ``fn(batch, cfg, state)``."""
+    fn.stateful = True
+    return fn
+
+
+@ADVANTAGES.register("per_prompt")
+@stateful
+def per_prompt_estimator(batch: Batch, cfg, state: Dict[str, Any]) -> Advantages:
+    """DDPO's per-prompt stat tracking (Black et al. 2023, ``stat_tracking.py``).
+
+    Every prompt (group id) keeps its last ``stat_buffer_size`` rewards across iterations;
+    A = (r - mean) / (std + 1e-6) with that buffer's mean and population std once it holds
+    ``stat_min_count`` rewards, and with the whole batch's before (this iteration's rewards
+    are added first, as in DDPO).
+    """
+    group = _require(batch, "group", "per_prompt")
+    scores = sequence_scores(batch)
+    values = scores.detach().double().cpu()
+    buffers = state.setdefault("per_prompt", {})
+    adv = torch.empty_like(values)
+    batch_mean, batch_std = values.mean(), values.std(unbiased=False)
+    for gid in torch.unique(group).tolist():
+        rows = (group == gid).cpu()
+        buf = deque(buffers.get(int(gid), []), maxlen=cfg.stat_buffer_size)
+        buf.extend(values[rows].tolist())
+        buffers[int(gid)] = list(buf)
+        if len(buf) < cfg.stat_min_count:
+            mean, std = batch_mean, batch_std
+        else:
+            hist = torch.tensor(list(buf), dtype=torch.float64)
+            mean, std = hist.mean(), hist.std(unbiased=False)
+        adv[rows] = (values[rows] - mean) / (std + 1e-6)
+    return _broadcast(adv.to(scores.dtype).to(scores.device), batch.mask), None
+
+
 def normalize_advantages(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-minibatch or per-batch advantage normalisation (PPO's ``norm_adv``)."""
     return masked_whiten(adv, mask)
 
 
-def compute_advantages(batch: Batch, cfg) -> Batch:
-    adv, ret = ADVANTAGES.get(cfg.advantage)(batch, cfg)
+def compute_advantages(batch: Batch, cfg, state: Optional[Dict[str, Any]] = None) -> Batch:
+    """Run the configured estimator, then the batch-level modifiers: normalisation and
+    ``advantage_clip`` (DDPO / Flow-GRPO clip advantages to +-5)."""
+    fn = ADVANTAGES.get(cfg.advantage)
+    if getattr(fn, "stateful", False):
+        adv, ret = fn(batch, cfg, {} if state is None else state)
+    else:
+        adv, ret = fn(batch, cfg)
     if cfg.normalize_advantages == "batch":
         adv = normalize_advantages(adv, batch.mask)
+    if cfg.advantage_clip is not None:
+        adv = adv.clamp(-cfg.advantage_clip, cfg.advantage_clip)
     return batch.with_(advantages=adv, returns=ret)

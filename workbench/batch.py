@@ -3,7 +3,10 @@
 Advantage estimators and objectives read only the common fields; ``policy_inputs`` carries
 whatever the policy needs to recompute its log-probs (observations and actions; token ids;
 latents and timesteps). Its tensors are indexed either per row (``[N, ...]``) or per cell
-(``[N, T, ...]``) as the policy's ``sample_unit`` says.
+(``[N, T, ...]``) as the policy's ``sample_unit`` says. ``row_inputs`` holds per-trajectory
+inputs that every step of a row shares (a prompt's text embeddings): ``[N, ...]``, stored once
+per row and handed to the policy beside the cell it scores, so a 50-step diffusion row does
+not carry 50 copies of its prompt.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ class Batch:
     next_values: Optional[torch.Tensor] = None  # [N, T] V(s_{t+1}); at a truncation V(final obs)
     group: Optional[torch.Tensor] = None  # [N] long, group id (prompt or start state) for group baselines
     policy_inputs: Dict[str, torch.Tensor] = field(default_factory=dict)
+    row_inputs: Dict[str, torch.Tensor] = field(default_factory=dict)  # [N, ...] shared by a row's steps
     advantages: Optional[torch.Tensor] = None  # [N, T] filled by the advantage estimator
     returns: Optional[torch.Tensor] = None  # [N, T] value targets, where the estimator makes them
     ref_logp: Optional[torch.Tensor] = None  # [N, T] reference log-probs, if collected
@@ -42,6 +46,9 @@ class Batch:
             t = getattr(self, f)
             if t is not None and t.shape != shape:
                 raise ValueError(f"Batch.{f} has shape {tuple(t.shape)}, expected {tuple(shape)} like logp_old")
+        for k, v in self.row_inputs.items():
+            if v.shape[:1] != shape[:1]:
+                raise ValueError(f"Batch.row_inputs[{k!r}] must start with N={shape[0]}, got {tuple(v.shape)}")
         if self.group is not None and self.group.shape != shape[:1]:
             raise ValueError(f"Batch.group must be [N]={shape[0]}, got {tuple(self.group.shape)}")
 
@@ -62,7 +69,9 @@ class Batch:
 class Minibatch:
     """A slice of a Batch handed to ``policy.evaluate`` and the objective.
 
-    Row mode: tensors are [M, T]; cell mode: [M, 1] (one step per row).
+    Row mode: tensors are [M, T]; cell mode: [M, 1] (one step per row). ``policy_inputs``
+    also holds the batch's ``row_inputs``: [M, ...] in row mode, [M, 1, ...] in cell mode (the
+    row of each cell), so a policy reads both kinds alike.
     """
 
     logp_old: torch.Tensor

@@ -50,7 +50,10 @@ class AlgoConfig:
     """Every knob of the shared PPO/GRPO engine (TRL/verl names where they exist)."""
 
     name: str = "ppo"  # a label for logs; behaviour comes from the fields below
-    advantage: str = "gae"  # gae | grpo | dr_grpo | rloo | reinforce_pp
+    advantage: str = "gae"  # gae | grpo | dr_grpo | rloo | reinforce_pp | per_prompt (DDPO stat tracking)
+    advantage_clip: Optional[float] = None  # clamp advantages to [-c, c] (DDPO / Flow-GRPO: 5)
+    stat_buffer_size: int = 32  # per_prompt: rewards remembered per prompt (DDPO: 16-32)
+    stat_min_count: int = 16  # per_prompt: below this many, normalise by the batch instead
     gamma: float = 0.99
     gae_lambda: float = 0.95
     scale_rewards: str = "group"  # grpo: divide by group | batch std, or none (TRL)
@@ -108,6 +111,10 @@ class AlgoConfig:
             raise ConfigError(f"algo.dual_clip must be > 1, got {self.dual_clip}")
         if not 0 <= self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
             raise ConfigError("algo.gamma and algo.gae_lambda must lie in [0, 1]")
+        if self.advantage_clip is not None and self.advantage_clip <= 0:
+            raise ConfigError(f"algo.advantage_clip must be > 0, got {self.advantage_clip}")
+        if self.stat_buffer_size < 1 or not 1 <= self.stat_min_count <= self.stat_buffer_size:
+            raise ConfigError("algo.stat_buffer_size >= 1 and 1 <= algo.stat_min_count <= algo.stat_buffer_size are required")
         if self.update_epochs < 1 or self.num_minibatches < 1:
             raise ConfigError("algo.update_epochs and algo.num_minibatches must be >= 1")
 

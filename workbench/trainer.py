@@ -47,13 +47,15 @@ def minibatches(batch: Batch, unit: str, num_minibatches: int) -> Iterator[Minib
     if unit == "row":
         order = torch.randperm(batch.num_rows, device=batch.mask.device)
         pick = lambda t: t[idx]  # noqa: E731
-        pick_input = pick
+        pick_input = pick_row = pick
     else:
         flat_mask = batch.mask.reshape(-1)
         valid = flat_mask.nonzero().squeeze(1)
         order = valid[torch.randperm(valid.numel(), device=valid.device)]
+        T = batch.num_steps
         pick = lambda t: t.reshape(-1)[idx].unsqueeze(1)  # noqa: E731
         pick_input = lambda t: t.reshape(-1, *t.shape[2:])[idx].unsqueeze(1)  # noqa: E731
+        pick_row = lambda t: t[idx // T].unsqueeze(1)  # noqa: E731  (the row of each cell)
     size = max(1, order.numel() // num_minibatches)
     for start in range(0, size * num_minibatches, size):
         idx = order[start:start + size]
@@ -67,7 +69,8 @@ def minibatches(batch: Batch, unit: str, num_minibatches: int) -> Iterator[Minib
             values_old=pick(batch.values) if batch.values is not None else None,
             ref_logp=pick(batch.ref_logp) if batch.ref_logp is not None else None,
             rollout_logp=pick(batch.rollout_logp) if batch.rollout_logp is not None else None,
-            policy_inputs={k: pick_input(v) for k, v in batch.policy_inputs.items()},
+            policy_inputs={**{k: pick_input(v) for k, v in batch.policy_inputs.items()},
+                           **{k: pick_row(v) for k, v in batch.row_inputs.items()}},
         )
 
 
@@ -92,6 +95,7 @@ class Trainer:
         self.sft_done = False
         self.nonfinite_updates = 0  # minibatches skipped for a non-finite loss (logged)
         self.nonfinite_streak = 0
+        self.advantage_state: Dict = {}  # history of stateful estimators (per_prompt), checkpointed
 
     def _init_policy_from(self, source: Path) -> None:
         path = checkpoint.latest(source / "checkpoints") if source.is_dir() else source
@@ -121,6 +125,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "env": self.env.state_dict(),
             "rng": checkpoint.rng_state(),
+            "advantage_state": self.advantage_state,
             "counters": {"iteration": self.iteration, "step": self.step, "sft_done": self.sft_done},
         }
 
@@ -129,6 +134,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.env.load_state_dict(state["env"])
         checkpoint.set_rng_state(state["rng"])
+        self.advantage_state = dict(state.get("advantage_state") or {})
         self.iteration, self.step = int(state["counters"]["iteration"]), int(state["counters"]["step"])
         self.sft_done = bool(state["counters"].get("sft_done", False))
 
@@ -200,7 +206,7 @@ class Trainer:
                 self.policy.eval()
                 batch = self.env.collect(self.policy)
                 batch = self.env.score(batch)
-                batch = compute_advantages(batch, self.algo)
+                batch = compute_advantages(batch, self.algo, self.advantage_state)
                 t_collect = time.perf_counter() - t0
                 self.policy.train()
                 stats = self.update(batch)

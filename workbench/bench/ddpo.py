@@ -68,9 +68,11 @@ def ceiling_seconds(args) -> List[float]:
     for _ in range(args.iterations + 1):
         start = time.perf_counter()
         _, traj = policy.sample(cond, generator=generator)
-        x_t, t, c = traj.x_t.flatten(0, 1), traj.t.flatten(), traj.cond.flatten()
+        T = traj.step.shape[1]
+        x_t, t = traj.x_t.flatten(0, 1), policy.schedule["timesteps"][traj.step.flatten()]
+        c = {k: v.repeat_interleave(T, 0) for k, v in traj.cond.items()}
         for chunk in torch.randperm(x_t.shape[0]).chunk(args.minibatches):
-            eps = policy._eps(policy.unet, x_t[chunk], t[chunk], c[chunk])
+            eps = policy.predict(x_t[chunk], t[chunk], {k: v[chunk] for k, v in c.items()})
             optimizer.zero_grad(set_to_none=True)
             eps.float().mean().backward()
             optimizer.step()
