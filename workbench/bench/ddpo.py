@@ -21,10 +21,10 @@ from workbench.registry import BENCHMARKS
 
 def _overrides(args) -> List[str]:
     return [
-        "experiment=ddpo_compressibility_demo", "progress=false", "eval_every=0", "eval_episodes=0", "checkpoint_every=0",
+        f"experiment={args.experiment}", "progress=false", "eval_every=0", "eval_episodes=0", "checkpoint_every=0",
         f"threads={args.threads}", f"env.prompts_per_iteration={args.prompts}", f"env.group_size={args.group_size}",
         f"policy.num_steps={args.num_steps}", "algo.update_epochs=1", f"algo.num_minibatches={args.minibatches}",
-        f"total_steps={args.prompts * args.group_size * (args.iterations + 1)}",
+        f"total_steps={args.prompts * args.group_size * (args.iterations + 1)}", *args.set,
     ]
 
 
@@ -57,13 +57,17 @@ def ceiling_seconds(args) -> List[float]:
     from workbench.config import compose, validate
     from workbench.registry import POLICIES
 
+    from workbench.trainer import select_device
+
     run = validate(compose(_overrides(args)))
     torch.manual_seed(run.seed)
-    policy = POLICIES.get(run.policy.name)(run.policy)
+    device = select_device(run.device)
+    bf16 = run.precision == "bf16" or (run.precision == "auto" and device.type == "cuda")  # as the trainer
+    policy = POLICIES.get(run.policy.name)(run.policy).to(device)
     optimizer = torch.optim.Adam(policy.param_groups(), lr=1e-6, fused=True)  # as the trainer
     generator = torch.Generator().manual_seed(0)
     B = args.prompts * args.group_size
-    cond = torch.arange(B) % args.prompts
+    cond = [run.env.prompts[i % args.prompts % len(run.env.prompts)] for i in range(B)]
     times: List[float] = []
     for _ in range(args.iterations + 1):
         start = time.perf_counter()
@@ -72,10 +76,13 @@ def ceiling_seconds(args) -> List[float]:
         x_t, t = traj.x_t.flatten(0, 1), policy.schedule["timesteps"][traj.step.flatten()]
         c = {k: v.repeat_interleave(T, 0) for k, v in traj.cond.items()}
         for chunk in torch.randperm(x_t.shape[0]).chunk(args.minibatches):
-            eps = policy.predict(x_t[chunk], t[chunk], {k: v[chunk] for k, v in c.items()})
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                eps = policy.predict(x_t[chunk], t[chunk], {k: v[chunk] for k, v in c.items()})
             optimizer.zero_grad(set_to_none=True)
             eps.float().mean().backward()
             optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return times[1:]
 
@@ -89,14 +96,21 @@ def bench_ddpo(argv: List[str]) -> Dict:
     parser.add_argument("--num-steps", type=int, default=10)
     parser.add_argument("--minibatches", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--experiment", default="ddpo_compressibility_demo",
+                        help="e.g. sd15_ddpo_compressibility on a GPU (a real SD model); the default is the CPU demo")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     ceiling = statistics.median(ceiling_seconds(args))
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     ours = statistics.median(ours_seconds(args))
+    peak_gb = torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None
     figures = {
-        "bench": "ddpo", "model": "tiny_unet (random init, 32x32)", "images_per_iteration": args.prompts * args.group_size,
+        "bench": "ddpo", "experiment": args.experiment, "images_per_iteration": args.prompts * args.group_size,
         "num_steps": args.num_steps, "minibatches": args.minibatches, "iterations": args.iterations, "threads": args.threads,
         "ours_s_per_iteration": round(ours, 4), "ceiling_s_per_iteration": round(ceiling, 4), "overhead": round(ours / ceiling, 3),
+        "cuda_peak_gb": None if peak_gb is None else round(peak_gb, 2),
     }
     print(f"ddpo {figures['images_per_iteration']} images x {args.num_steps} steps: ours {ours:.3f} s/iteration, "
           f"ceiling (sample + one fwd/bwd per cell) {ceiling:.3f} s -> overhead {ours / ceiling:.2f}x", flush=True)
