@@ -26,7 +26,7 @@ def test_list_shows_registries():
         (["train", "algo.epsilonn=0.1"], "unknown config key 'algo.epsilonn'; valid keys: name, advantage"),
         (["train", "experiment=nope"], "Available options in 'experiment'"),
         (["train", "env.id=Hopper-v99"], "unknown gymnasium env id 'Hopper-v99'"),
-        (["train", "algo.advantage=ppo"], "valid choices: dr_grpo, gae, grpo, reinforce_pp, rloo"),
+        (["train", "algo.advantage=ppo"], "valid choices: dr_grpo, gae, grpo, per_prompt, reinforce_pp, rloo"),
         (["train", "resume=/no/such/run"], "no such run directory"),
         (["eval", "/no/such/run"], "no such run directory"),
         (["bench", "nope"], "unknown benchmark 'nope'; valid choices: "),

@@ -40,7 +40,7 @@ def test_bad_value_type():
 @pytest.mark.parametrize(
     "override, pattern",
     [
-        ("algo.advantage=gea", "valid choices: dr_grpo, gae, grpo, reinforce_pp, rloo"),
+        ("algo.advantage=gea", "valid choices: dr_grpo, gae, grpo, per_prompt, reinforce_pp, rloo"),
         ("algo.loss_agg_mode=mean", "valid choices: seq-mean-token-mean"),
         ("algo.importance_sampling_level=seq", "valid choices: token, sequence"),
         ("algo.dual_clip=0.5", "dual_clip must be > 1"),
