@@ -204,7 +204,8 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = self.algo.lr * schedule(self.iteration / self.num_iterations)
                 self.policy.eval()
-                batch = self.env.collect(self.policy)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                    batch = self.env.collect(self.policy)  # the same numerics as the training forward: ratio 1 at first
                 batch = self.env.score(batch)
                 batch = compute_advantages(batch, self.algo, self.advantage_state)
                 t_collect = time.perf_counter() - t0

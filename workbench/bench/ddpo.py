@@ -71,7 +71,8 @@ def ceiling_seconds(args) -> List[float]:
     times: List[float] = []
     for _ in range(args.iterations + 1):
         start = time.perf_counter()
-        _, traj = policy.sample(cond, generator=generator)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):  # as the trainer's collect
+            _, traj = policy.sample(cond, generator=generator)
         T = traj.step.shape[1]
         x_t, t = traj.x_t.flatten(0, 1), policy.schedule["timesteps"][traj.step.flatten()]
         c = {k: v.repeat_interleave(T, 0) for k, v in traj.cond.items()}
