@@ -3,4 +3,4 @@
 Registered through the ``workbench.plugins`` entry point, so the engine finds them without
 importing ``envs`` itself.
 """
-from envs import diffusion, gym_control, text  # noqa: F401
+from envs import diffusion, franka, gym_control, text  # noqa: F401
