@@ -5,10 +5,16 @@ bootstraps time-limit truncations with the critic's value of the final observati
 terminations), scales rewards by the running std of the discounted return (gymnasium's
 NormalizeReward / CleanRL), and can save and restore the complete simulator state so that a
 resumed run continues bit for bit.
+
+Observations are flat vectors, or Dicts with uint8 "pixels" (and optionally a "state" vector):
+from an env that offers them, or rendered from any MuJoCo env (``env.pixels.width=64``). Pixels
+reach the policy channel-first with the last ``env.frame_stack`` frames stacked along channels;
+collect stores whatever tensors the policy says it saw, per key.
 """
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -34,7 +40,18 @@ def _route_mujoco_warnings() -> None:
     mujoco.set_mju_user_warning(lambda msg: (log.debug if "settotalmass" in msg else log.warning)(msg))
 
 
+def _load_triton_before_gl() -> None:
+    """Load triton (if installed) before any GL context exists: its bundled LLVM segfaults when
+    it comes after Mesa's (software EGL/OSMesa rendering), e.g. when a timm encoder imports
+    torch._dynamo after the env has drawn its first frame. ~0.1 s, once."""
+    try:
+        import triton  # noqa: F401
+    except Exception:  # not installed, or unusable on this machine: nothing to protect
+        pass
+
+
 _route_mujoco_warnings()
+_load_triton_before_gl()
 
 
 class SimState(gym.Wrapper):
@@ -48,10 +65,10 @@ class SimState(gym.Wrapper):
         super().__init__(env)
         self.index = index
 
-    def _time_limit(self) -> Optional[gym.wrappers.TimeLimit]:
+    def _find(self, cls: type) -> Optional[gym.Wrapper]:
         env = self.env
         while isinstance(env, gym.Wrapper):
-            if isinstance(env, gym.wrappers.TimeLimit):
+            if isinstance(env, cls):
                 return env
             env = env.env
         return None
@@ -59,9 +76,11 @@ class SimState(gym.Wrapper):
     def get_state(self) -> Dict[str, Any]:
         base = self.env.unwrapped
         state: Dict[str, Any] = {"rng": base.np_random.bit_generator.state}
-        limit = self._time_limit()
+        limit, stack = self._find(gym.wrappers.TimeLimit), self._find(PixelStack)
         if limit is not None:
             state["elapsed_steps"] = limit._elapsed_steps
+        if stack is not None:
+            state["frames"] = np.stack(stack.frames)
         if hasattr(base, "model") and hasattr(base, "data"):
             import mujoco
 
@@ -75,9 +94,11 @@ class SimState(gym.Wrapper):
         state = states[self.index]
         base = self.env.unwrapped
         base.np_random.bit_generator.state = state["rng"]
-        limit = self._time_limit()
+        limit, stack = self._find(gym.wrappers.TimeLimit), self._find(PixelStack)
         if limit is not None:
             limit._elapsed_steps = state.get("elapsed_steps")
+        if stack is not None:
+            stack.frames.extend(np.asarray(state["frames"]))
         if "mujoco" in state:
             import mujoco
 
@@ -85,15 +106,118 @@ class SimState(gym.Wrapper):
             mujoco.mj_forward(base.model, base.data)
 
 
-def make_env(env_id: str, index: int, kwargs: Dict[str, Any], render_mode: Optional[str] = None, **render_kwargs):
+class PixelStack(gym.Wrapper):
+    """Dict observation "pixels" [H, W, C] -> channel-first [k*C, H, W]: the last k frames
+    concatenated along channels, oldest first; a reset fills the stack with its frame. Other
+    keys ("state") pass through; k = 1 only moves the channels first."""
+
+    def __init__(self, env: gym.Env, k: int) -> None:
+        super().__init__(env)
+        h, w, c = env.observation_space["pixels"].shape
+        self.frames: deque = deque(maxlen=k)
+        pixels = gym.spaces.Box(0, 255, (k * c, h, w), np.uint8)
+        self.observation_space = gym.spaces.Dict({**env.observation_space.spaces, "pixels": pixels})
+
+    def _observe(self, obs: Dict[str, np.ndarray], fill: bool) -> Dict[str, np.ndarray]:
+        frame = np.ascontiguousarray(np.moveaxis(obs["pixels"], -1, 0))  # a copy: renderers may reuse buffers
+        for _ in range(self.frames.maxlen if fill else 1):
+            self.frames.append(frame)
+        return {**obs, "pixels": np.concatenate(self.frames)}
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return self._observe(obs, fill=True), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return self._observe(obs, fill=False), reward, terminated, truncated, info
+
+
+@dataclass
+class PixelConfig:
+    """Pixel observations for any MuJoCo env: its rgb_array render at width x height becomes
+    the Dict observation {"pixels": uint8 [H, W, 3], "state": the env's own observation}."""
+
+    width: int = 0  # 0: off (the env's own observations)
+    height: int = 0  # 0: same as width
+    state: bool = True  # keep the env's observation as "state" beside "pixels"; false: pixels only
+
+
+class RenderedPixels(gym.ObservationWrapper):
+    """A MuJoCo env's offscreen render as observation "pixels" (uint8 [H, W, 3]) beside its own
+    observation as "state" (or alone). Drawn with shadows, reflections and multisampling off
+    (2-3x faster frames; platform notes), in this env's own GL context, made current for each
+    frame: gymnasium's viewer assumes it is the only one, so with several envs in a process
+    (vector envs, evaluation envs) frames would land in whichever context was made current
+    last, or in none once another env has closed; and its MjrContext, left to the garbage
+    collector, would free the GL objects of whichever context is current then."""
+
+    def __init__(self, env: gym.Env, with_state: bool) -> None:
+        import mujoco
+
+        super().__init__(env)
+        base = env.unwrapped
+        if not hasattr(base, "mujoco_renderer"):
+            raise ConfigError(f"env.pixels needs a MuJoCo env; {env.spec.id if env.spec else base} is not one")
+        base.model.vis.quality.offsamples = 0  # read when the GL context is made, just below
+        self.viewer = base.mujoco_renderer._get_viewer("rgb_array")
+        flags = self.viewer.scn.flags
+        flags[mujoco.mjtRndFlag.mjRND_SHADOW] = flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        pixels = gym.spaces.Box(0, 255, (base.mujoco_renderer.height, base.mujoco_renderer.width, 3), np.uint8)
+        self.with_state = with_state
+        self.observation_space = gym.spaces.Dict({"pixels": pixels, **({"state": env.observation_space} if with_state else {})})
+
+    def observation(self, obs: np.ndarray) -> Dict[str, np.ndarray]:
+        self.viewer.make_context_current()
+        pixels = self.env.render()
+        return {"pixels": pixels, "state": obs} if self.with_state else {"pixels": pixels}
+
+    def close(self) -> None:
+        if self.viewer is not None:  # free the MjrContext in its own GL context, then the context
+            self.viewer.make_context_current()
+            self.viewer.con.free()
+            self.viewer = None
+        super().close()
+
+
+def _success(final_info: Dict[str, Any], i: int) -> float:
+    """Env ``i``'s ``is_success`` from a vector env's batched final infos (1.0 / 0.0), NaN when
+    the env does not report one."""
+    if "is_success" not in final_info or not final_info.get("_is_success", np.ones(i + 1, bool))[i]:
+        return math.nan
+    return float(final_info["is_success"][i])
+
+
+def make_env(env_id: str, index: int, kwargs: Dict[str, Any], render_mode: Optional[str] = None,
+             pixels: Optional[PixelConfig] = None, frame_stack: int = 1, **render_kwargs):
+    if pixels is not None and pixels.width:  # the render is the observation (and the video)
+        render_mode, render_kwargs = "rgb_array", {"width": pixels.width, "height": pixels.height or pixels.width}
+
     def thunk() -> gym.Env:
         try:
             env = gym.make(env_id, render_mode=render_mode, **kwargs, **render_kwargs)
-        except gym.error.Error as e:
-            raise ConfigError(f"env.id={env_id!r}: {e}") from None
+        except (gym.error.Error, TypeError) as e:
+            hint = "; env.pixels needs a MuJoCo env" if pixels is not None and pixels.width else ""
+            raise ConfigError(f"env.id={env_id!r}: {e}{hint}") from None
+        if pixels is not None and pixels.width:
+            env = RenderedPixels(env, pixels.state)
+        if isinstance(env.observation_space, gym.spaces.Dict) and "pixels" in env.observation_space.spaces:
+            env = PixelStack(env, frame_stack)
         return SimState(env, index)
 
     return thunk
+
+
+def _stack(items: List[Any]) -> Any:
+    """Per-env observations (arrays, or dicts of arrays) -> one batch [E, ...] (or a dict of them)."""
+    if isinstance(items[0], dict):
+        return {k: np.stack([o[k] for o in items]) for k in items[0]}
+    return np.stack(items)
+
+
+def _copy(obs: Any) -> Any:
+    """A copy of a batch of observations: an array or a dict of arrays."""
+    return {k: np.array(v) for k, v in obs.items()} if isinstance(obs, dict) else np.array(obs)
 
 
 class ReturnScaler:
@@ -138,27 +262,42 @@ class GymControlEnv(Environment):
         id: str = "HalfCheetah-v5"  # any gymnasium id with a Box action space
         num_envs: int = 1
         vectorization: str = "sync"  # sync | async (async pays off only for expensive steps)
+        async_context: Optional[str] = None  # async start method: fork | forkserver | spawn; null: forkserver with
+        # env.pixels, else fork (gymnasium builds one env in this process first: forked after a GL context, workers hang)
         rollout_steps: int = 2048  # steps per env per iteration
         normalize_reward: bool = True
         reward_gamma: float = 0.99  # discount of the return whose std scales rewards
         clip_reward: float = 10.0
-        video_size: int = 240  # pixels of evaluation videos (software rendering is slow on CPU)
+        video_size: int = 240  # pixels of evaluation videos (software rendering is slow on CPU); pixel envs: their own size
         kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to gymnasium.make
+        pixels: PixelConfig = field(default_factory=PixelConfig)  # env.pixels.width=64: rendered pixel observations
+        frame_stack: int = 1  # pixel observations: the last k frames, stacked along channels
 
         def __post_init__(self) -> None:
             if self.vectorization not in ("sync", "async"):
                 raise ConfigError(f"env.vectorization={self.vectorization!r} is not valid; valid choices: sync, async")
-            if self.num_envs < 1 or self.rollout_steps < 1:
-                raise ConfigError("env.num_envs and env.rollout_steps must be >= 1")
+            if self.async_context not in (None, "fork", "forkserver", "spawn"):
+                raise ConfigError(f"env.async_context={self.async_context!r} is not valid; valid choices: fork, forkserver, spawn")
+            if self.num_envs < 1 or self.rollout_steps < 1 or self.frame_stack < 1:
+                raise ConfigError("env.num_envs, env.rollout_steps and env.frame_stack must be >= 1")
+            if self.pixels.width < 0 or self.pixels.height < 0:
+                raise ConfigError("env.pixels.width and env.pixels.height must be >= 0")
 
     def __init__(self, cfg: "GymControlEnv.Config", seed: int, gamma: float = 0.99) -> None:
         if cfg.id not in gym.registry:
             close = [k for k in gym.registry if cfg.id.split("-")[0].lower() in k.lower()][:8]
             raise ConfigError(f"unknown gymnasium env id '{cfg.id}'" + (f"; similar: {', '.join(close)}" if close else ""))
         self.cfg, self.seed, self.gamma = cfg, seed, gamma
-        fns = [make_env(cfg.id, i, dict(cfg.kwargs)) for i in range(cfg.num_envs)]
-        vec_cls = SyncVectorEnv if cfg.vectorization == "sync" else AsyncVectorEnv
-        self.vec = vec_cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+        fns = [make_env(cfg.id, i, dict(cfg.kwargs), pixels=cfg.pixels, frame_stack=cfg.frame_stack) for i in range(cfg.num_envs)]
+        if cfg.vectorization == "sync":
+            self.vec = SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+        else:
+            context = cfg.async_context or ("forkserver" if cfg.pixels.width else None)
+            self.vec = AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, context=context)
+        obs_space = self.vec.single_observation_space
+        if isinstance(obs_space, gym.spaces.Dict) and "pixels" not in obs_space.spaces:
+            self.vec.close()
+            raise ConfigError(f"env '{cfg.id}' has Dict observations {list(obs_space.spaces)}; gym_control reads 'pixels' and 'state'")
         space = self.vec.single_action_space
         if not isinstance(space, gym.spaces.Box):
             raise ConfigError(f"env '{cfg.id}' has action space {space}; gym_control needs a Box")
@@ -171,13 +310,14 @@ class GymControlEnv(Environment):
         self.finished: List[tuple] = []
 
     def spec(self) -> EnvSpec:
-        return EnvSpec(self.vec.single_observation_space.shape, int(np.prod(self.low.shape)), self.low, self.high)
+        space = self.vec.single_observation_space
+        shape = space["pixels"].shape if isinstance(space, gym.spaces.Dict) else space.shape
+        return EnvSpec(shape, int(np.prod(self.low.shape)), self.low, self.high, observation_space=space)
 
     def collect(self, policy) -> Batch:
         T, E = self.cfg.rollout_steps, self.cfg.num_envs
         dev = policy.device
-        obs_dim = self.vec.single_observation_space.shape[0]
-        obs_buf = torch.empty(T, E, obs_dim, device=dev)
+        inputs: Dict[str, torch.Tensor] = {}  # [T, E, ...] what the policy saw: "obs", or "pixels" (uint8) and "state"
         act_buf = torch.empty(T, E, self.low.shape[0], device=dev)
         logp_buf = torch.empty(T, E, device=dev)
         val_buf = torch.empty(T + 1, E, device=dev)
@@ -190,20 +330,26 @@ class GymControlEnv(Environment):
             out = policy.act(obs)
             actions = out.actions.cpu().numpy()
             obs, reward, term, trunc, info = self.vec.step(np.clip(actions, self.low, self.high))
-            obs_buf[t], act_buf[t], logp_buf[t], val_buf[t] = out.obs, out.actions, out.logp, out.values
+            seen = out.obs if isinstance(out.obs, dict) else {"obs": out.obs}
+            if t == 0:
+                inputs = {k: torch.empty(T, *v.shape, dtype=v.dtype, device=dev) for k, v in seen.items()}
+            for k, v in seen.items():
+                inputs[k][t] = v
+            act_buf[t], logp_buf[t], val_buf[t] = out.actions, out.logp, out.values
             rewards[t] = reward
             done = term | trunc
             dones[t], truncs[t] = done, trunc & ~term
             self.ep_return += reward
             self.ep_length += 1
             if done.any():
+                final_info = info.get("final_info", {})
                 for i in np.flatnonzero(done):
-                    self.finished.append((self.ep_return[i], self.ep_length[i]))
+                    self.finished.append((self.ep_return[i], self.ep_length[i], _success(final_info, i)))
                 self.ep_return[done] = 0.0
                 self.ep_length[done] = 0
                 if truncs[t].any():
                     idx = np.flatnonzero(truncs[t])
-                    final = np.stack([info["final_obs"][i] for i in idx])
+                    final = _stack([info["final_obs"][i] for i in idx])
                     final_values[t, torch.as_tensor(idx, device=dev)] = policy.value_of(final)
         self.obs = obs
         val_buf[T] = policy.value_of(obs)
@@ -217,7 +363,7 @@ class GymControlEnv(Environment):
             truncated=tensor(truncs),
             values=val_buf[:T].T.contiguous(),
             next_values=next_values.T.contiguous(),
-            policy_inputs={"obs": obs_buf.transpose(0, 1).contiguous(), "actions": act_buf.transpose(0, 1).contiguous()},
+            policy_inputs={k: v.transpose(0, 1).contiguous() for k, v in {**inputs, "actions": act_buf}.items()},
         )
 
     def score(self, batch: Batch) -> Batch:
@@ -230,18 +376,21 @@ class GymControlEnv(Environment):
     def pop_metrics(self) -> Dict[str, float]:
         if not self.finished:
             return {}
-        returns = np.array([r for r, _ in self.finished])
-        lengths = np.array([n for _, n in self.finished])
+        returns, lengths, successes = (np.array(x, dtype=np.float64) for x in zip(*self.finished))
         self.finished = []
-        return {"episode/return": float(returns.mean()), "episode/length": float(lengths.mean()), "episode/count": float(len(returns))}
+        metrics = {"episode/return": float(returns.mean()), "episode/length": float(lengths.mean()), "episode/count": float(len(returns))}
+        if not np.isnan(successes).all():  # the env reports info["is_success"] at episode end
+            metrics["episode/success"] = float(np.nanmean(successes))
+        return metrics
 
     @torch.no_grad()
     def evaluate(self, policy, episodes: int, video_path: Optional[str] = None, seed: Optional[int] = None) -> Dict[str, float]:
         """Deterministic (mean-action) returns over ``episodes`` fresh episodes, frozen obs stats."""
         render = video_path is not None
         env = make_env(self.cfg.id, 0, dict(self.cfg.kwargs), render_mode="rgb_array" if render else None,
+                       pixels=self.cfg.pixels, frame_stack=self.cfg.frame_stack,
                        **({"width": self.cfg.video_size, "height": self.cfg.video_size} if render else {}))()
-        returns, lengths, frames = [], [], []
+        returns, lengths, frames, successes = [], [], [], []
         base_seed = (self.seed if seed is None else seed) + 10_000
         try:
             for ep in range(episodes):
@@ -250,23 +399,28 @@ class GymControlEnv(Environment):
                 while not done:
                     if render and ep == 0:
                         frames.append(env.render())
-                    out = policy.act(obs[None], deterministic=True, update_stats=False)
-                    obs, r, term, trunc, _ = env.step(np.clip(out.actions[0].cpu().numpy(), self.low, self.high))
+                    out = policy.act(_stack([obs]), deterministic=True, update_stats=False)
+                    obs, r, term, trunc, info = env.step(np.clip(out.actions[0].cpu().numpy(), self.low, self.high))
                     total, n, done = total + float(r), n + 1, term or trunc
                 returns.append(total)
                 lengths.append(n)
+                if "is_success" in info:
+                    successes.append(float(info["is_success"]))
         finally:
             env.close()
         if render and frames:
             from workbench.video import write_mp4
 
             write_mp4(video_path, frames, fps=int(env.metadata.get("render_fps", 30)))
-        return {"eval/return_mean": float(np.mean(returns)), "eval/return_std": float(np.std(returns)),
-                "eval/length_mean": float(np.mean(lengths)), "eval/episodes": float(episodes)}
+        metrics = {"eval/return_mean": float(np.mean(returns)), "eval/return_std": float(np.std(returns)),
+                   "eval/length_mean": float(np.mean(lengths)), "eval/episodes": float(episodes)}
+        if successes:
+            metrics["eval/success"] = float(np.mean(successes))
+        return metrics
 
     def state_dict(self) -> Dict[str, Any]:
         return {
-            "obs": np.asarray(self.obs).copy(),
+            "obs": _copy(self.obs),
             "sims": list(self.vec.call("get_state")),
             "ep_return": self.ep_return.copy(),
             "ep_length": self.ep_length.copy(),
@@ -275,7 +429,7 @@ class GymControlEnv(Environment):
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.vec.call("set_state", list(state["sims"]))
-        self.obs = np.asarray(state["obs"]).copy()
+        self.obs = _copy(state["obs"])
         self.ep_return = np.asarray(state["ep_return"], dtype=np.float64).copy()
         self.ep_length = np.asarray(state["ep_length"], dtype=np.int64).copy()
         if self.scaler and state.get("scaler"):

@@ -21,6 +21,7 @@ class EnvSpec:
     action_dim: int
     action_low: Optional[Any] = None
     action_high: Optional[Any] = None
+    observation_space: Optional[Any] = None  # the env's own (gymnasium) space, e.g. a Dict of "pixels" and "state"
 
 
 class Environment:
