@@ -11,7 +11,7 @@ def run_of(*overrides):
 def test_default_composes_to_quickstart():
     run = run_of()
     assert run.name == "quickstart"
-    assert run.env.id == "InvertedPendulum-v5"
+    assert run.env.id == "workbench/FrankaReach-v0"
     assert run.algo.advantage == "gae"
     assert run.policy.hidden == [64, 64]
 

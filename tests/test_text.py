@@ -216,7 +216,6 @@ def test_demonstration_flaw_rate_mixes_flawed_answers():
         TextEnv(TextEnv.Config(task="countdown", demonstration_flaw_rate=0.5), seed=0).demonstrations(2)
 
 
-@pytest.mark.slow
 def test_cpu_demo_grpo_repairs_flawed_sft_by_15_points(tmp_path):
     """The README's text demo, shortened: held-out greedy accuracy after GRPO beats the SFT model by >= 15 points."""
     from workbench.config import compose, validate

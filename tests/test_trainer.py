@@ -12,7 +12,7 @@ from workbench.config import compose, validate
 from workbench.runlog import read_metrics
 from workbench.trainer import Trainer, TrainingError, minibatches
 
-SMALL = ["env.num_envs=2", "env.rollout_steps=64", "algo.num_minibatches=4", "algo.update_epochs=2", "progress=false"]
+SMALL = ["env=inverted_pendulum", "env.num_envs=2", "env.rollout_steps=64", "algo.num_minibatches=4", "algo.update_epochs=2", "progress=false"]
 
 
 def trainer_for(tmp_path, *overrides):

@@ -63,8 +63,11 @@ def cmd_train(args) -> int:
     if final and "eval/accuracy" in final:
         print(f"final eval: accuracy {final['eval/accuracy']:.3f} over {int(final['eval/episodes'])} held-out items", file=sys.stderr)
     elif final:
-        print(f"final eval: return {final['eval/return_mean']:.1f} ± {final['eval/return_std']:.1f} "
+        success = f", success {final['eval/success']:.0%}" if "eval/success" in final else ""
+        print(f"final eval: return {final['eval/return_mean']:.1f} ± {final['eval/return_std']:.1f}{success} "
               f"over {int(final['eval/episodes'])} episodes", file=sys.stderr)
+    if (run_dir / "rollout.mp4").exists():
+        print(f"rollout video: {run_dir / 'rollout.mp4'}", file=sys.stderr)
     print(f"learning curve: {run_dir / 'learning_curve.png'}", file=sys.stderr)
     return 0
 
@@ -166,6 +169,7 @@ def cmd_bench(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering; must be set before mujoco is imported
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train; arguments are config overrides, e.g. experiment=halfcheetah_ppo algo.epsilon=0.1")

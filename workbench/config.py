@@ -153,6 +153,7 @@ class RunConfig:
     keep_checkpoints: int = 2
     eval_every: int = 0  # env steps between evaluations; 0 = only at the end
     eval_episodes: int = 10
+    final_video: bool = True  # the final evaluation writes <run_dir>/rollout.mp4 (envs that render)
     progress: bool = True
     imports: List[str] = field(default_factory=list)  # extra modules that register components
     init_from: Optional[str] = None  # a run directory or checkpoint file whose policy weights start this run

@@ -111,7 +111,9 @@ def plot_learning_curve(run_dir: Path, title: str = "") -> Path:
         ("update", [("policy/approx_kl", "approx KL"), ("policy/clip_frac", "clip fraction")]),
         ("entropy", [("policy/entropy", "entropy per step")]),
     ]
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    if any("episode/success" in r for r in rows):  # tasks with a success test (e.g. Franka)
+        panels.insert(1, ("success rate", [("episode/success", "train episodes"), ("eval/success", "eval (deterministic)")]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4))
     for ax, (name, series) in zip(axes, panels):
         for key, label in series:
             pts = [(r["step"], r[key]) for r in rows if key in r]
