@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
+from envs.video_reward import VideoReward, VideoRewardConfig
 from workbench.batch import Batch
 from workbench.environment import Environment, EnvSpec
 from workbench.registry import ConfigError, ENVS
@@ -272,6 +273,7 @@ class GymControlEnv(Environment):
         kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to gymnasium.make
         pixels: PixelConfig = field(default_factory=PixelConfig)  # env.pixels.width=64: rendered pixel observations
         frame_stack: int = 1  # pixel observations: the last k frames, stacked along channels
+        video_reward: VideoRewardConfig = field(default_factory=VideoRewardConfig)  # a learned reward on episode videos (RAPL)
 
         def __post_init__(self) -> None:
             if self.vectorization not in ("sync", "async"):
@@ -288,7 +290,10 @@ class GymControlEnv(Environment):
             close = [k for k in gym.registry if cfg.id.split("-")[0].lower() in k.lower()][:8]
             raise ConfigError(f"unknown gymnasium env id '{cfg.id}'" + (f"; similar: {', '.join(close)}" if close else ""))
         self.cfg, self.seed, self.gamma = cfg, seed, gamma
-        fns = [make_env(cfg.id, i, dict(cfg.kwargs), pixels=cfg.pixels, frame_stack=cfg.frame_stack) for i in range(cfg.num_envs)]
+        self.video_reward = VideoReward(cfg.video_reward) if cfg.video_reward.name else None
+        render_mode = "rgb_array" if self.video_reward else None  # the learned reward watches the training episodes
+        fns = [make_env(cfg.id, i, dict(cfg.kwargs), render_mode=render_mode, pixels=cfg.pixels, frame_stack=cfg.frame_stack)
+               for i in range(cfg.num_envs)]
         if cfg.vectorization == "sync":
             self.vec = SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
         else:
@@ -308,6 +313,8 @@ class GymControlEnv(Environment):
         self.ep_return = np.zeros(cfg.num_envs)
         self.ep_length = np.zeros(cfg.num_envs, dtype=np.int64)
         self.finished: List[tuple] = []
+        self.frames: List[np.ndarray] = []  # this rollout's rendered frames [E, H, W, 3] (video_reward)
+        self._metrics: Dict[str, float] = {}
 
     def spec(self) -> EnvSpec:
         space = self.vec.single_observation_space
@@ -326,7 +333,10 @@ class GymControlEnv(Environment):
         truncs = np.zeros((T, E), dtype=bool)
         final_values = torch.zeros(T, E, device=dev)
         obs = self.obs
+        self.frames = []
         for t in range(T):
+            if self.video_reward is not None and self.video_reward.wants_frame(t):
+                self.frames.append(np.stack(self.vec.call("render")))  # the state this step acts in
             out = policy.act(obs)
             actions = out.actions.cpu().numpy()
             obs, reward, term, trunc, info = self.vec.step(np.clip(actions, self.low, self.high))
@@ -367,18 +377,25 @@ class GymControlEnv(Environment):
         )
 
     def score(self, batch: Batch) -> Batch:
+        raw = batch.rewards.T.cpu().numpy().astype(np.float64)
+        dones = batch.dones.T.cpu().numpy() > 0
+        if self.video_reward is not None:
+            raw, metrics = self.video_reward(self.frames, raw, dones)
+            self._metrics.update(metrics)
+            batch = batch.with_(rewards=torch.as_tensor(raw.T, dtype=torch.float32, device=batch.rewards.device))
         if self.scaler is None:
             return batch
-        raw = batch.rewards.T.cpu().numpy().astype(np.float64)
-        scaled = self.scaler(raw, batch.dones.T.cpu().numpy() > 0)
+        scaled = self.scaler(raw, dones)
         return batch.with_(rewards=torch.as_tensor(scaled.T, dtype=torch.float32, device=batch.rewards.device))
 
     def pop_metrics(self) -> Dict[str, float]:
+        metrics, self._metrics = self._metrics, {}
         if not self.finished:
-            return {}
+            return metrics
         returns, lengths, successes = (np.array(x, dtype=np.float64) for x in zip(*self.finished))
         self.finished = []
-        metrics = {"episode/return": float(returns.mean()), "episode/length": float(lengths.mean()), "episode/count": float(len(returns))}
+        metrics.update({"episode/return": float(returns.mean()), "episode/length": float(lengths.mean()),
+                        "episode/count": float(len(returns))})
         if not np.isnan(successes).all():  # the env reports info["is_success"] at episode end
             metrics["episode/success"] = float(np.nanmean(successes))
         return metrics
