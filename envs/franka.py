@@ -41,7 +41,8 @@ class FrankaEnv(gym.Env):
     action per step), substeps, timestep (s),
     success_threshold (m), success_bonus, terminate_on_success, start_noise (rad of joint noise
     at reset), fast_pixels (pixel observations draw the arm with its low-poly collision meshes,
-    ~10x faster in software GL; ``render()`` frames always use the detailed meshes).
+    ~10x faster in software GL), fast_render (the same for ``render()`` frames, e.g. the frames a
+    learned video reward watches; videos for people keep the detailed meshes by default).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 25}
@@ -53,7 +54,7 @@ class FrankaEnv(gym.Env):
                  image_width: int = 64, image_height: int = 64, camera: str = "front", action_scale: float = 0.05,
                  substeps: int = 10, timestep: float = 0.004, success_threshold: float = 0.05, success_bonus: float = 1.0,
                  terminate_on_success: bool = False, start_noise: float = 0.02, fast_pixels: bool = True,
-                 scene: Optional[SceneConfig] = None) -> None:
+                 fast_render: bool = False, scene: Optional[SceneConfig] = None) -> None:
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode={obs_mode!r} is not valid; valid choices: {', '.join(OBS_MODES)}")
         if render_mode not in (None, "rgb_array"):
@@ -65,7 +66,7 @@ class FrankaEnv(gym.Env):
         self.action_scale, self.substeps = float(action_scale), int(substeps)
         self.success_threshold, self.success_bonus = float(success_threshold), float(success_bonus)
         self.terminate_on_success, self.start_noise = bool(terminate_on_success), float(start_noise)
-        self._pixel_option, self._render_option = render_option(detailed=not fast_pixels), render_option(detailed=True)
+        self._pixel_option, self._render_option = render_option(detailed=not fast_pixels), render_option(detailed=not fast_render)
         offscreen = (max(self.render_size[0], self.image_size[0]), max(self.render_size[1], self.image_size[1]))
         self.model = build_model(dataclasses.replace(scene or SceneConfig(), timestep=timestep, offscreen_size=offscreen))
         self.data = mujoco.MjData(self.model)
