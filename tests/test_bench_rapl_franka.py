@@ -1,0 +1,109 @@
+"""``workbench bench rapl-franka``: the JSON figures of a tiny run, the oracle, the pools."""
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from workbench.bench import rapl_franka_pool as pools
+
+TINY = ["--budgets", "5", "--seeds", "1", "--train-episodes", "12", "--test-episodes", "8", "--epochs", "2",
+        "--min-updates", "0", "--demos", "2"]
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = pools.make_env(size=32)
+    yield e
+    e.close()
+
+
+def test_bench_json_line_has_finite_correlations(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "workbench.cli", "bench", "rapl-franka", "--json", *TINY,
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    figures = json.loads(lines[-1])
+    assert any(line.startswith("rapl-franka ") for line in lines[:-1])  # the human line comes first
+    for key in ("bench", "budgets", "spearman_rapl", "spearman_rlhf", "per_budget", "winner", "ratio",
+                "spearman_rapl_untrained", "spearman_distance_only", "pool", "timings_s"):
+        assert key in figures, key
+    assert figures["bench"] == "rapl-franka" and figures["budgets"] == [5]
+    assert figures["winner"] in ("rapl", "rlhf", "tie")
+    row = figures["per_budget"][0]
+    for value in (figures["spearman_rapl"]["5"], figures["spearman_rlhf"]["5"], row["spearman_rapl"],
+                  row["spearman_rlhf"], figures["spearman_rapl_untrained"]):
+        assert value is not None and math.isfinite(value) and -1.0 <= value <= 1.0
+    assert figures["pool"]["frames_per_episode"] == 21 and figures["pool"]["frames_per_s"] > 0
+    assert all(v >= 0 for v in figures["timings_s"].values())
+    for name in ("results.json", "spearman_vs_budget.png", "frames_preferred_vs_not.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["runs"]) == 1 and saved["runs"][0]["train_triplets"] == 4  # 1 of 5 triplets validates
+
+
+def test_engine_import_does_not_import_envs():
+    code = "import sys, workbench.bench.rapl_franka, workbench.bench.rapl_franka_pool; print('envs' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_bad_options_are_one_line_errors():
+    from workbench.bench.rapl_franka import parse_args
+
+    for bad in (["--budgets", "0,5"], ["--budgets", "a"], ["--val-frac", "1"], ["--weights", "x.pt"], ["--layouts", "-1"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+
+
+# seeds 0, 1 and 3: layouts where the detour's longer way costs less than the straight push's
+# steps in the zone (in about 1 of 4 layouts a quick push clips the zone for only a few steps
+# and wins: the oracle trades time for zone steps, see oracle_score)
+@pytest.mark.parametrize("seed", [0, 1, 3])
+def test_oracle_ranks_detour_above_zone_crossing_above_no_push(env, seed):
+    episodes = {b: pools.run_episode(env, b, seed, size=32) for b in ("detour", "straight", "idle")}
+    zone_steps = {b: sum(i["in_forbidden_zone"] for i in e.infos) for b, e in episodes.items()}
+    assert zone_steps["detour"] == 0 and zone_steps["straight"] > 0 and zone_steps["idle"] == 0
+    assert episodes["detour"].infos[-1]["dist_object_goal"] < 0.05  # both pushes arrive
+    assert episodes["straight"].infos[-1]["dist_object_goal"] < 0.05
+    score = {b: pools.oracle_score(e.infos) for b, e in episodes.items()}
+    assert score["detour"] > score["straight"] > score["idle"], score
+    oracle = pools.make_oracle()
+    from workbench.rewards.rapl import Rollout
+
+    rollouts = [Rollout(episodes[b].video, episodes[b].infos) for b in ("idle", "straight", "detour")]
+    assert oracle.rank(rollouts) == [2, 1, 0]
+    assert episodes["detour"].video.shape == (21, 32, 32, 3) and episodes["detour"].video.dtype == np.uint8
+
+
+def test_oracle_score_definition_and_bad_input():
+    infos = [{"dist_object_goal": 0.1, "in_forbidden_zone": False}, {"dist_object_goal": 0.2, "in_forbidden_zone": True}]
+    assert pools.oracle_score(infos) == pytest.approx(-0.3 - pools.ZONE_LAMBDA)
+    assert pools.oracle_score(infos, zone_lambda=0) == pytest.approx(-0.3)
+    with pytest.raises(ValueError, match="at least one"):
+        pools.oracle_score([])
+    with pytest.raises(ValueError, match="in_forbidden_zone"):
+        pools.oracle_score([{"dist_object_goal": 0.1}])
+    with pytest.raises(ValueError, match="zone_lambda"):
+        pools.oracle_score(infos, zone_lambda=-1)
+
+
+def test_pool_is_deterministic_and_mixes_behaviours(env):
+    cfg = pools.PoolConfig(episodes=6, steps=20, frame_every=10, size=32, seed=3)
+    a, b = pools.generate_pool(cfg, env), pools.generate_pool(cfg, env)
+    assert sorted(a.behaviour_counts) == sorted(pools.BEHAVIOURS) and sum(a.behaviour_counts.values()) == 6
+    assert len({e.behaviour for e in a.episodes}) == 6  # 6 episodes: one of each kind
+    for x, y in zip(a.episodes, b.episodes):
+        assert x.behaviour == y.behaviour and x.seed == y.seed and np.array_equal(x.video, y.video)
+        assert len(x.infos) == 21 and x.video.shape == (3, 32, 32, 3)
+    assert a.steps == 120 and a.frames == 18 and a.seconds > 0
+    fixed = [pools.generate_pool(pools.PoolConfig(episodes=3, steps=1, size=32, seed=s, layouts=1), env) for s in (0, 1)]
+    starts = {tuple(np.round(e.infos[0]["object_pos"], 9)) for p in fixed for e in p.episodes}
+    assert len(starts) == 1  # one layout shared by pools of different seeds
+    with pytest.raises(ValueError, match="behaviour"):
+        pools.run_episode(env, "dance", 0)
+    with pytest.raises(ValueError, match="at least 3"):
+        pools.PoolConfig(episodes=2)

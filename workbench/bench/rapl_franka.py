@@ -1,0 +1,373 @@
+"""``workbench bench rapl-franka``: RAPL vs the RLHF baseline as visual rewards for Franka Push.
+
+The reward-quality experiment of RAPL (Tian et al., arXiv 2412.04835, Table 1: Spearman 0.59
+for RAPL vs 0.38 for RLHF on a Franka task) on ``workbench/FrankaPush-v0`` with its forbidden
+zone on. A simulated human (:func:`~workbench.bench.rapl_franka_pool.oracle_score`: push the
+cube to the goal, keep it out of the red zone) ranks triplets of scripted robot videos. For each
+preference budget (triplets) and seed, both methods get the same triplets:
+
+- RAPL aligns a :class:`~workbench.rewards.rapl.FrameEncoder` on them (Bradley-Terry over OT
+  similarities, ``train_alignment``); its reward is OT feature matching against the ``--demos``
+  best videos of the training pool (the paper's expert demonstrations; RLHF never sees them);
+- RLHF trains the same encoder architecture (same initial weights) plus a linear per-frame
+  head on the three pairs each triplet implies (``train_rlhf``), i.e. the same answers.
+
+Both keep the weights of their best epoch on a validation split of the budget (the paper's 80/20)
+and train for the same epochs (at least ``--min-updates`` optimiser steps, so small budgets are
+not starved). The figure of merit is the Spearman correlation, on a held-out pool of episodes,
+between each learned reward's episode score and the oracle's. The training and held-out pools
+are made once (``--pool-seed``; ``--layouts N`` makes both share N fixed task layouts instead of
+a new one per episode); ``--seeds`` varies the triplets drawn, the initial weights and the batch
+order. A method wins when its paired mean advantage exceeds two standard errors (else "tie").
+
+The env package is imported inside the function through ``workbench.plugins``, never at import.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from workbench.registry import BENCHMARKS
+
+# RLHF trains on 3 pairs per triplet; 3x the pair batch keeps the videos and optimiser steps
+# per epoch equal to RAPL's
+PAIRS_PER_TRIPLET = 3
+
+
+def _int_list(text: str) -> List[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="workbench bench rapl-franka", description=__doc__.splitlines()[0])
+    p.add_argument("--budgets", type=_int_list, default=[20, 50, 100], help="preference budgets in triplets (comma list)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per budget (0..N-1)")
+    p.add_argument("--train-episodes", type=int, default=200, help="episodes in the pool the triplets are drawn from")
+    p.add_argument("--test-episodes", type=int, default=100, help="held-out episodes the Spearman is measured on")
+    p.add_argument("--steps", type=int, default=100, help="env steps per episode (25 Hz)")
+    p.add_argument("--frame-every", type=int, default=5, help="keep a frame every N steps (100 steps -> 21 frames)")
+    p.add_argument("--size", type=int, default=64, help="frame size (px)")
+    p.add_argument("--camera", default="side", choices=("front", "side", "top"))
+    p.add_argument("--pool-seed", type=int, default=0)
+    p.add_argument("--layouts", type=int, default=0,
+                   help="distinct task layouts shared by both pools (0: every episode its own)")
+    p.add_argument("--zone-lambda", type=float, default=None, help="oracle cost per step in the zone (metre-steps)")
+    p.add_argument("--equal-tol", type=float, default=0.0, help="oracle: triplets within this return spread are 'equal'")
+    p.add_argument("--epochs", type=int, default=15, help="training epochs, both methods (at least)")
+    p.add_argument("--min-updates", type=int, default=60,
+                   help="more epochs for small budgets, so every budget gets at least this many optimiser steps")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=10, help="triplets per step (RLHF: 3x as many pairs)")
+    p.add_argument("--val-frac", type=float, default=0.2, help="share of each budget held out to pick the best epoch")
+    p.add_argument("--demos", type=int, default=6, help="RAPL's preferred demonstrations (best of the training pool)")
+    p.add_argument("--reg", type=float, default=None, help="Sinkhorn entropic weight (default: the library's)")
+    p.add_argument("--temperature", type=float, default=1.0, help="RAPL Bradley-Terry temperature on OT similarities")
+    p.add_argument("--backbone", default="cnn", help="'cnn' (tiny, random init) or a timm model name")
+    p.add_argument("--weights", default=None, help="local backbone weights file for a timm backbone")
+    p.add_argument("--trainable-stages", type=int, default=None, help="train only the last N backbone stages (0: head only)")
+    p.add_argument("--embed-dim", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=None, help="encoder input size (default: 64 for cnn, timm's otherwise)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--out", default=None, help="folder for results.json and the plots (default: a new temp folder)")
+    args = p.parse_args(list(argv))
+    checks = [(args.seeds >= 1, "--seeds must be >= 1"), (args.train_episodes >= 3, "--train-episodes must be >= 3"),
+              (args.test_episodes >= 3, "--test-episodes must be >= 3"), (args.layouts >= 0, "--layouts must be >= 0"),
+              (args.epochs >= 0 and args.min_updates >= 0, "--epochs and --min-updates must be >= 0"),
+              (0 <= args.val_frac < 1, "--val-frac must be in [0, 1)"), (args.demos >= 1, "--demos must be >= 1"),
+              (args.demos <= args.train_episodes, "--demos must not exceed --train-episodes"),
+              (args.batch_size >= 1 and args.threads >= 1, "--batch-size and --threads must be >= 1"),
+              (args.weights is None or args.backbone != "cnn", "--weights needs a timm --backbone, not 'cnn'")]
+    for ok, msg in checks:
+        if not ok:
+            p.error(msg)
+    return args
+
+
+def _encoder(args: argparse.Namespace, seed: int):
+    """A fresh FrameEncoder; the same ``seed`` gives RAPL and RLHF identical initial weights."""
+    import torch
+    from workbench.rewards.rapl import FrameEncoder
+
+    torch.manual_seed(seed)
+    return FrameEncoder(args.backbone, embed_dim=args.embed_dim, weights=args.weights,
+                        trainable_stages=args.trainable_stages, image_size=args.image_size)
+
+
+def _split(triplets: List[Any], val_frac: float):
+    """(train, val) of one budget: the last ``round(val_frac * B)`` triplets validate (none if B < 5)."""
+    n_val = int(round(val_frac * len(triplets))) if len(triplets) >= 5 else 0
+    return (triplets[:len(triplets) - n_val], triplets[len(triplets) - n_val:]) if n_val else (triplets, None)
+
+
+def run_one(args, budget: int, seed: int, train, test, oracle, demos, reg: float) -> Dict[str, Any]:
+    """Both methods at one (budget, seed): Spearman on ``test``, final training accuracy, seconds."""
+    from workbench.rewards.rapl import (RAPLReward, RLHFRewardModel, pairs_from_triplets, sample_triplets,
+                                        spearman_with_oracle, train_alignment, train_rlhf)
+
+    # the same seed draws the same first triplets at every budget, so budgets are nested
+    trip_train, trip_val = _split(sample_triplets(train, oracle, budget, seed=seed), args.val_frac)
+    epochs = max(args.epochs, math.ceil(args.min_updates / math.ceil(len(trip_train) / args.batch_size)))
+    row: Dict[str, Any] = {"budget": budget, "seed": seed, "train_triplets": len(trip_train),
+                           "val_triplets": len(trip_val or []), "epochs": epochs}
+    t0 = time.perf_counter()
+    enc = _encoder(args, seed)
+    curve = train_alignment(enc, trip_train, epochs=epochs, batch_size=args.batch_size, lr=args.lr, reg=reg,
+                            temperature=args.temperature, val_triplets=trip_val, seed=seed)
+    t1 = time.perf_counter()
+    row["spearman_rapl"] = spearman_with_oracle(RAPLReward(enc, demos, reg=reg), test, oracle)
+    t2 = time.perf_counter()
+    model = RLHFRewardModel(_encoder(args, seed))
+    pairs_val = pairs_from_triplets(trip_val) if trip_val else None
+    rcurve = train_rlhf(model, pairs_from_triplets(trip_train), epochs=epochs, lr=args.lr, val_pairs=pairs_val,
+                        batch_size=PAIRS_PER_TRIPLET * args.batch_size, seed=seed)
+    t3 = time.perf_counter()
+    row["spearman_rlhf"] = spearman_with_oracle(model, test, oracle)
+    t4 = time.perf_counter()
+    row.update(rapl_train_accuracy=curve[-1]["accuracy"], rlhf_train_accuracy=rcurve[-1]["accuracy"],
+               rapl_train_s=t1 - t0, rapl_eval_s=t2 - t1, rlhf_train_s=t3 - t2, rlhf_eval_s=t4 - t3)
+    if trip_val:
+        row.update(rapl_best_val_loss=min(r["val_loss"] for r in curve), rlhf_best_val_loss=min(r["val_loss"] for r in rcurve))
+    return row
+
+
+def _mean_std(values: Sequence[float]):
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def winner(runs: List[Dict[str, Any]]) -> Optional[str]:
+    """"rapl" or "rlhf" when the mean paired difference of their Spearmans (same budget, seed,
+    triplets) exceeds two standard errors, else "tie"; with one run, whichever is higher."""
+    diffs = [r["spearman_rapl"] - r["spearman_rlhf"] for r in runs]
+    diffs = [d for d in diffs if math.isfinite(d)]
+    if not diffs:
+        return None
+    mean = statistics.fmean(diffs)
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
+    return "tie" if abs(mean) <= 2 * se or mean == 0 else ("rapl" if mean > 0 else "rlhf")
+
+
+def summarise(runs: List[Dict[str, Any]], budgets: Sequence[int]) -> List[Dict[str, Any]]:
+    """Per budget: mean and std over seeds of both Spearmans, their ratio (RAPL / RLHF, when
+    RLHF's is positive) and the winner (see :func:`winner`)."""
+    out = []
+    for b in budgets:
+        rows = [r for r in runs if r["budget"] == b]
+        ra, ra_sd = _mean_std([r["spearman_rapl"] for r in rows])
+        rl, rl_sd = _mean_std([r["spearman_rlhf"] for r in rows])
+        ratio = ra / rl if ra is not None and rl is not None and rl > 0 else None
+        out.append({"budget": b, "seeds": len(rows), "spearman_rapl": ra, "spearman_rapl_std": ra_sd,
+                    "spearman_rlhf": rl, "spearman_rlhf_std": rl_sd, "ratio": ratio, "winner": winner(rows)})
+    return out
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python, floats rounded to 4 places."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return round(float(x), 4) if math.isfinite(float(x)) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+@BENCHMARKS.register("rapl-franka")
+def bench_rapl_franka(argv: List[str]) -> Dict[str, Any]:
+    """Run the experiment (options: :func:`parse_args`); write ``results.json`` (figures plus
+    every run and the arguments), ``spearman_vs_budget.png`` and ``frames_preferred_vs_not.png``
+    to ``--out``. Returns the figures: ``spearman_rapl`` / ``spearman_rlhf`` (budget -> mean over
+    seeds), ``per_budget`` (means, stds, ratio, winner), the overall ``winner`` and ``ratio``
+    (mean RAPL / mean RLHF Spearman), references (``spearman_rapl_untrained``: OT with the
+    unaligned encoder; ``spearman_distance_only``: the oracle without its zone term), pool
+    facts with steps/s and rendered frames/s, and seconds per stage."""
+    args = parse_args(argv)
+    import torch
+    from workbench.bench import rapl_franka_pool as pools
+    from workbench.rewards.rapl import DEFAULT_REG, Rollout, spearman_with_oracle
+
+    torch.set_num_threads(args.threads)
+    out = args.out or tempfile.mkdtemp(prefix="rapl-franka-")
+    os.makedirs(out, exist_ok=True)
+    zone_lambda = pools.ZONE_LAMBDA if args.zone_lambda is None else args.zone_lambda
+    reg = DEFAULT_REG if args.reg is None else args.reg
+    oracle = pools.make_oracle(zone_lambda, args.equal_tol)
+    timings: Dict[str, float] = {}
+
+    t = time.perf_counter()
+    env = pools.make_env(args.size, args.camera)
+    cfg = dict(steps=args.steps, frame_every=args.frame_every, size=args.size, camera=args.camera, layouts=args.layouts)
+    train_pool = pools.generate_pool(pools.PoolConfig(args.train_episodes, seed=args.pool_seed, **cfg), env)
+    test_pool = pools.generate_pool(pools.PoolConfig(args.test_episodes, seed=args.pool_seed + 1, **cfg), env)
+    env.close()
+    timings["pool_s"] = time.perf_counter() - t
+    gen_s = train_pool.seconds + test_pool.seconds
+    steps, frames = train_pool.steps + test_pool.steps, train_pool.frames + test_pool.frames
+    print(f"rapl-franka pools: {args.train_episodes} + {args.test_episodes} episodes, {steps} steps and {frames} "
+          f"frames in {gen_s:.1f} s ({steps / gen_s:.0f} steps/s, {frames / gen_s:.0f} rendered frames/s)", flush=True)
+
+    train = [Rollout(e.video, e.infos) for e in train_pool.episodes]
+    test = [Rollout(e.video, e.infos) for e in test_pool.episodes]
+    demo_idx = oracle.rank(train)[:args.demos]
+    demos = [train[i].video for i in demo_idx]
+
+    t = time.perf_counter()
+    untrained = [spearman_with_oracle(_rapl_untrained(args, s, demos, reg), test, oracle) for s in range(args.seeds)]
+    timings["untrained_eval_s"] = time.perf_counter() - t
+    distance_only = spearman_with_oracle(_DistanceOnly(test), test, oracle)
+
+    runs = []
+    for budget in args.budgets:
+        for seed in range(args.seeds):
+            row = run_one(args, budget, seed, train, test, oracle, demos, reg)
+            runs.append(row)
+            print(f"  budget {budget:4d} seed {seed}: Spearman RAPL {row['spearman_rapl']:+.3f}  RLHF "
+                  f"{row['spearman_rlhf']:+.3f}  (train {row['rapl_train_s']:.0f} s / {row['rlhf_train_s']:.0f} s)", flush=True)
+    for key in ("rapl_train_s", "rapl_eval_s", "rlhf_train_s", "rlhf_eval_s"):
+        timings[key] = sum(r[key] for r in runs)
+    per_budget = summarise(runs, args.budgets)
+
+    all_rapl, _ = _mean_std([r["spearman_rapl"] for r in runs])
+    all_rlhf, _ = _mean_std([r["spearman_rlhf"] for r in runs])
+    overall = winner(runs)
+    t = time.perf_counter()
+    plot_spearman(per_budget, _mean_std(untrained)[0], os.path.join(out, "spearman_vs_budget.png"))
+    scores = [oracle.returns(r) for r in test]
+    plot_frames(test_pool.episodes, scores, os.path.join(out, "frames_preferred_vs_not.png"))
+    timings["plots_s"] = time.perf_counter() - t
+
+    behaviours = {b: _mean_std([s for s, e in zip(scores, test_pool.episodes) if e.behaviour == b])[0]
+                  for b in pools.BEHAVIOURS}
+    figures = {
+        "bench": "rapl-franka", "budgets": args.budgets, "seeds": args.seeds,
+        "spearman_rapl": {str(r["budget"]): r["spearman_rapl"] for r in per_budget},
+        "spearman_rlhf": {str(r["budget"]): r["spearman_rlhf"] for r in per_budget},
+        "per_budget": per_budget, "winner": overall,
+        "spearman_rapl_mean": all_rapl, "spearman_rlhf_mean": all_rlhf,
+        "ratio": all_rapl / all_rlhf if all_rapl is not None and all_rlhf is not None and all_rlhf > 0 else None,
+        "spearman_rapl_untrained": _mean_std(untrained)[0], "spearman_distance_only": distance_only,
+        "pool": {"train_episodes": args.train_episodes, "test_episodes": args.test_episodes, "steps": args.steps,
+                 "frames_per_episode": len(train[0].video), "size": args.size, "camera": args.camera,
+                 "layouts": args.layouts, "zone_lambda": zone_lambda, "oracle_by_behaviour": behaviours,
+                 "steps_per_s": steps / gen_s, "frames_per_s": frames / gen_s},
+        "encoder": {"backbone": args.backbone, "weights": args.weights, "embed_dim": args.embed_dim,
+                    "epochs": args.epochs, "min_updates": args.min_updates, "lr": args.lr, "reg": reg},
+        "timings_s": timings, "out": out,
+    }
+    figures = _clean(figures)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({**figures, "runs": _clean(runs), "untrained_per_seed": _clean(untrained),
+                   "args": vars(args)}, f, indent=1)
+    table = "  ".join(f"B={r['budget']}: RAPL {_pm(r['spearman_rapl'], r['spearman_rapl_std'])} vs RLHF "
+                      f"{_pm(r['spearman_rlhf'], r['spearman_rlhf_std'])}" for r in figures["per_budget"])
+    print(f"rapl-franka Spearman with the oracle ({args.seeds} seeds): {table}; winner {overall}; "
+          f"results in {out}", flush=True)
+    return figures
+
+
+def _pm(mean, std) -> str:
+    return "n/a" if mean is None else f"{mean:+.3f}±{std:.3f}"
+
+
+def _rapl_untrained(args, seed: int, demos, reg: float):
+    """RAPL's reward with the encoder at its initial weights (what alignment starts from)."""
+    from workbench.rewards.rapl import RAPLReward
+
+    return RAPLReward(_encoder(args, seed), demos, reg=reg)
+
+
+class _DistanceOnly:
+    """Privileged reference: -sum of cube-goal distances, the oracle without its zone term.
+    Its Spearman shows how much of the oracle's ranking the zone decides."""
+
+    def __init__(self, rollouts) -> None:
+        self._by_video = {id(r.video): -sum(float(i["dist_object_goal"]) for i in r.infos) for r in rollouts}
+
+    def score(self, video) -> float:
+        return self._by_video[id(video)]
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_spearman(per_budget: List[Dict[str, Any]], untrained: Optional[float], path: str) -> None:
+    """Mean Spearman (with error bars of one std over seeds) of RAPL and RLHF against the
+    preference budget (triplets); a dashed line for RAPL with the unaligned encoder."""
+    plt = _plt()
+    budgets = [r["budget"] for r in per_budget]
+    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    for key, label, colour in (("spearman_rapl", "RAPL (aligned encoder + OT)", "tab:blue"),
+                               ("spearman_rlhf", "RLHF (Bradley-Terry reward net)", "tab:orange")):
+        mean = [np.nan if r[key] is None else r[key] for r in per_budget]
+        std = [0.0 if r[f"{key}_std"] is None else r[f"{key}_std"] for r in per_budget]
+        ax.errorbar(budgets, mean, yerr=std, marker="o", capsize=4, label=label, color=colour)
+    if untrained is not None:
+        ax.axhline(untrained, ls="--", color="tab:gray", lw=1, label="RAPL, unaligned encoder")
+    ax.axhline(0.0, color="black", lw=0.5)
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_locator(plt.NullLocator())
+    ax.set_xticks(budgets)
+    ax.set_xticklabels([str(b) for b in budgets])
+    ax.set_xlabel("preference budget (triplets)")
+    ax.set_ylabel("Spearman with the oracle (held-out)")
+    ax.set_ylim(-1, 1)
+    ax.set_title("FrankaPush with a forbidden zone")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_frames(episodes: Sequence[Any], scores: Sequence[float], path: str, frames: int = 7) -> None:
+    """A strip of ``frames`` evenly spaced frames of three held-out episodes: the oracle's
+    favourite, a zone-crossing one (the best scored among those that enter the zone: a push
+    the oracle dislikes for the zone alone) and the oracle's least favourite."""
+    plt = _plt()
+    order = np.argsort(scores)[::-1]
+    crossing = [i for i in order if any(info["in_forbidden_zone"] for info in episodes[i].infos)]
+    picks = [("preferred", order[0])]
+    if crossing:
+        picks.append(("crosses the zone", crossing[0]))
+    picks.append(("least preferred", order[-1]))
+    fig, axes = plt.subplots(len(picks), frames, figsize=(1.3 * frames, 1.45 * len(picks)), dpi=110, squeeze=False)
+    for row, (label, i) in enumerate(picks):
+        video = episodes[i].video
+        idx = np.linspace(0, len(video) - 1, frames).round().astype(int)
+        for col, k in enumerate(idx):
+            ax = axes[row, col]
+            ax.imshow(video[k], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(f"{label}\n{episodes[i].behaviour}\n{scores[i]:.1f}", fontsize=6)
+    fig.suptitle("held-out episodes: frames over time (left to right); oracle score at left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
