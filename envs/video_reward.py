@@ -38,10 +38,11 @@ class VideoRewardConfig:
     weight: float = 1.0  # weight of the learned per-step reward
     env_weight: float = 0.0  # weight of the env's own reward (RAPL: 0, the learned reward alone)
     frame_every: int = 1  # render every k-th step; a frame's reward covers its k steps
+    crop: int = 0  # centre-crop frames to crop x crop px (as the reward's training frames were); 0 = as rendered
 
     def __post_init__(self) -> None:
-        if self.frame_every < 1:
-            raise ConfigError(f"env.video_reward.frame_every must be >= 1, got {self.frame_every}")
+        if self.frame_every < 1 or self.crop < 0:
+            raise ConfigError(f"env.video_reward.frame_every must be >= 1 and crop >= 0, got {self.frame_every}, {self.crop}")
 
 
 class VideoReward:
@@ -67,6 +68,10 @@ class VideoReward:
             raise ConfigError("env.video_reward needs whole episodes in every rollout: set env.rollout_steps to a multiple "
                               "of the episode length (max_episode_steps) and keep early termination off")
         video = np.stack(frames, axis=1)  # [E, ceil(T / k), H, W, 3]
+        if self.cfg.crop:
+            H, W = video.shape[2:4]
+            top, left = (H - self.cfg.crop) // 2, (W - self.cfg.crop) // 2
+            video = video[:, :, top:top + self.cfg.crop, left:left + self.cfg.crop]
         learned = np.zeros((T, E))
         failed = np.zeros((T, E), dtype=bool)
         returns, failures = [], 0

@@ -51,6 +51,11 @@ def test_a_failing_episode_keeps_the_env_reward_and_a_split_episode_is_refused()
     np.testing.assert_allclose(out[:, 1], [7.0, 8.0])  # the env's own reward, the run goes on
     np.testing.assert_allclose(out[:, 0], [0.0, 0.0])
     assert metrics["reward/video_failures"] == 1
+    cropped = VideoReward(VideoRewardConfig(name="_test_brightness_video", crop=1))
+    ring = np.zeros((1, 3, 3, 3), dtype=np.uint8)
+    ring[0, 1, 1] = 90  # only the centre pixel survives a 1-px centre crop
+    out, _ = cropped([ring, ring], np.zeros((2, 1)), np.array([[False], [True]]))
+    np.testing.assert_allclose(out[:, 0], [90.0, 90.0])  # the rest of the 3x3 frame is 0
     with pytest.raises(ConfigError, match="whole episodes"):
         vr(frames, env_r, np.zeros((2, 2), dtype=bool))
     with pytest.raises(ConfigError, match="frame_rewards"):

@@ -9,7 +9,7 @@ from typing import List
 from workbench.registry import BENCHMARKS
 from workbench.bench import ddpo, grpo_text  # noqa: F401
 from workbench.bench import ppo_mujoco  # noqa: F401
-from workbench.bench import rapl_franka  # noqa: F401
+from workbench.bench import rapl_align, rapl_franka  # noqa: F401
 
 
 def run_benchmark(name: str, as_json: bool, rest: List[str]) -> int:

@@ -113,8 +113,10 @@ def _split(triplets: List[Any], val_frac: float):
     return (triplets[:len(triplets) - n_val], triplets[len(triplets) - n_val:]) if n_val else (triplets, None)
 
 
-def run_one(args, budget: int, seed: int, train, test, oracle, demos, reg: float) -> Dict[str, Any]:
-    """Both methods at one (budget, seed): Spearman on ``test``, final training accuracy, seconds."""
+def run_one(args, budget: int, seed: int, train, test, oracle, demos, reg: float, out: Optional[str] = None) -> Dict[str, Any]:
+    """Both methods at one (budget, seed): Spearman on ``test``, final training accuracy, seconds.
+    With ``out`` the two trained rewards are saved there (``rapl_b<budget>_s<seed>.safetensors``,
+    ``rlhf_b<budget>_s<seed>.safetensors``) for ``env.video_reward`` (``workbench bench rapl-align``)."""
     from workbench.rewards.rapl import (RAPLReward, RLHFRewardModel, pairs_from_triplets, sample_triplets,
                                         spearman_with_oracle, train_alignment, train_rlhf)
 
@@ -128,7 +130,8 @@ def run_one(args, budget: int, seed: int, train, test, oracle, demos, reg: float
     curve = train_alignment(enc, trip_train, epochs=epochs, batch_size=args.batch_size, lr=args.lr, reg=reg,
                             temperature=args.temperature, val_triplets=trip_val, seed=seed)
     t1 = time.perf_counter()
-    row["spearman_rapl"] = spearman_with_oracle(RAPLReward(enc, demos, reg=reg), test, oracle)
+    rapl = RAPLReward(enc, demos, reg=reg)
+    row["spearman_rapl"] = spearman_with_oracle(rapl, test, oracle)
     t2 = time.perf_counter()
     model = RLHFRewardModel(_encoder(args, seed))
     pairs_val = pairs_from_triplets(trip_val) if trip_val else None
@@ -137,6 +140,9 @@ def run_one(args, budget: int, seed: int, train, test, oracle, demos, reg: float
     t3 = time.perf_counter()
     row["spearman_rlhf"] = spearman_with_oracle(model, test, oracle)
     t4 = time.perf_counter()
+    if out is not None:
+        rapl.save(os.path.join(out, f"rapl_b{budget}_s{seed}.safetensors"))
+        model.save(os.path.join(out, f"rlhf_b{budget}_s{seed}.safetensors"))
     row.update(rapl_train_accuracy=curve[-1]["accuracy"], rlhf_train_accuracy=rcurve[-1]["accuracy"],
                rapl_train_s=t1 - t0, rapl_eval_s=t2 - t1, rlhf_train_s=t3 - t2, rlhf_eval_s=t4 - t3)
     if trip_val:
@@ -237,7 +243,7 @@ def bench_rapl_franka(argv: List[str]) -> Dict[str, Any]:
     runs = []
     for budget in args.budgets:
         for seed in range(args.seeds):
-            row = run_one(args, budget, seed, train, test, oracle, demos, reg)
+            row = run_one(args, budget, seed, train, test, oracle, demos, reg, out)
             runs.append(row)
             print(f"  budget {budget:4d} seed {seed}: Spearman RAPL {row['spearman_rapl']:+.3f}  RLHF "
                   f"{row['spearman_rlhf']:+.3f}  (train {row['rapl_train_s']:.0f} s / {row['rlhf_train_s']:.0f} s)", flush=True)
