@@ -122,7 +122,7 @@ def test_bench_rapl_align_trains_on_learned_rewards_and_scores_with_the_oracle(t
                                 "--out", str(tmp_path / "out")])
     for method in ("rapl", "rlhf", "task"):
         assert np.isfinite(figures[f"{method}_oracle_score"]) and 0 <= figures[f"{method}_success"] <= 1
-    assert figures["winner"] in ("rapl", "rlhf")
+    assert figures["winner"] in ("rapl", "rlhf", "tie")
     rows = [json.loads(line) for line in (tmp_path / "out" / "rapl" / "metrics.jsonl").read_text().splitlines()]
     assert any("reward/video_return" in r for r in rows)  # the learned reward was on the steps
     with pytest.raises(ConfigError, match="no rapl_b7_s0"):

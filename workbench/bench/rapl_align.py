@@ -113,8 +113,11 @@ def bench_rapl_align(argv: List[str]) -> Dict[str, Any]:
               f"cube in zone {r['zone_fraction']:.1%} of steps  ({r['train_s']:.0f} s)", flush=True)
     figures = {"bench": "rapl-align", "steps": args.steps, "budget": args.budget, "seed": args.seed,
                "eval_episodes": args.eval_episodes, **{f"{m}_{k}": round(v, 4) for m, r in rows.items() for k, v in r.items()}}
-    if "rapl" in rows and "rlhf" in rows:
-        figures["winner"] = "rapl" if rows["rapl"]["oracle_score"] > rows["rlhf"]["oracle_score"] else "rlhf"
+    if "rapl" in rows and "rlhf" in rows:  # a difference within one standard error of the two means is a tie
+        a, b = rows["rapl"], rows["rlhf"]
+        stderr = (a["oracle_score_std"] ** 2 + b["oracle_score_std"] ** 2) ** 0.5 / max(1, args.eval_episodes) ** 0.5
+        diff = a["oracle_score"] - b["oracle_score"]
+        figures["winner"] = "tie" if abs(diff) <= stderr else ("rapl" if diff > 0 else "rlhf")
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(figures, f, indent=1)
     return figures
