@@ -54,7 +54,8 @@ def test_engine_import_does_not_import_envs():
 def test_bad_options_are_one_line_errors():
     from workbench.bench.rapl_franka import parse_args
 
-    for bad in (["--budgets", "0,5"], ["--budgets", "a"], ["--val-frac", "1"], ["--weights", "x.pt"], ["--layouts", "-1"]):
+    for bad in (["--budgets", "0,5"], ["--budgets", "a"], ["--val-frac", "1"], ["--weights", "x.pt"], ["--layouts", "-1"],
+                ["--pretrain-epochs", "-1"], ["--pretrain-episodes", "2"]):
         with pytest.raises(SystemExit):
             parse_args(bad)
 
@@ -127,3 +128,45 @@ def test_bench_rapl_align_trains_on_learned_rewards_and_scores_with_the_oracle(t
     assert any("reward/video_return" in r for r in rows)  # the learned reward was on the steps
     with pytest.raises(ConfigError, match="no rapl_b7_s0"):
         bench_rapl_align(["--rewards", str(tmp_path), "--budget", "7", "--steps", "2000"])
+
+
+def test_pretraining_gives_both_methods_the_same_frozen_backbone(tmp_path):
+    """--pretrain-epochs: the backbone is fitted to scene quantities on its own pool, saved, and
+    both trained rewards keep it bit for bit (frozen); the figures carry the fit."""
+    import torch
+
+    from workbench.bench import rapl_pretrain as pre
+    from workbench.bench.rapl_franka import bench_rapl_franka
+    from workbench.rewards.rapl import RAPLReward, RLHFRewardModel
+
+    figures = bench_rapl_franka([*TINY, "--pretrain-epochs", "1", "--pretrain-episodes", "6", "--out", str(tmp_path)])
+    fit = figures["pretrain"]
+    assert fit["epochs"] == 1 and fit["episodes"] == 6 and figures["encoder"]["trainable_stages"] == 0
+    assert sorted(fit["fit"]) == sorted(pre.QUANTITIES) and fit["frames"] == 5 * 21 and fit["val_frames"] == 21
+    for q in fit["fit"].values():
+        assert q["rmse_cm"] is not None and q["rmse_cm"] >= 0 and (q["r2"] is None or q["r2"] <= 1)
+    assert [row["epoch"] for row in fit["curve"]] == [0, 1] and figures["timings_s"]["pretrain_s"] > 0
+    state, meta = pre.load_backbone(str(tmp_path / "pretrained_backbone.safetensors"))
+    assert meta["digest"] == fit["digest"] == pre.state_digest(state)
+    for model in (RAPLReward.load(str(tmp_path / "rapl_b5_s0.safetensors")).encoder,
+                  RLHFRewardModel.load(str(tmp_path / "rlhf_b5_s0.safetensors")).encoder):
+        assert model.config["trainable_stages"] == 0
+        assert not any(p.requires_grad for p in model.backbone.parameters())
+        assert any(p.requires_grad for p in model.head.parameters())
+        trained = model.backbone.state_dict()
+        assert all(torch.equal(trained[k], v) for k, v in state.items())  # untouched by preference training
+    assert json.loads((tmp_path / "results.json").read_text())["pretrain"]["digest"] == fit["digest"]
+
+
+def test_frame_labels_follow_the_rendered_steps():
+    from workbench.bench import rapl_pretrain as pre
+
+    infos = [{"object_pos": [t, 0.1, 0.02], "goal_pos": [0.5, 0.2, 0.02], "ee_pos": [0.3, t, 0.1]} for t in range(11)]
+    y = pre.frame_labels(infos, zone=[0.4, 0.15], frames=3, frame_every=5)
+    assert y.shape == (3, len(pre.QUANTITIES)) and y.dtype == np.float32
+    assert y[:, 0].tolist() == [0, 5, 10] and y[:, 7].tolist() == [0, 5, 10]  # cube x, TCP y at steps 0, 5, 10
+    assert np.allclose(y[1], [5, 0.1, 0.5, 0.2, 0.4, 0.15, 0.3, 5, 0.1])
+    with pytest.raises(ValueError, match="zone"):
+        pre.frame_labels(infos, None, 3, 5)
+    with pytest.raises(ValueError, match="infos"):
+        pre.frame_labels(infos, [0.4, 0.15], 4, 5)

@@ -20,6 +20,13 @@ are made once (``--pool-seed``; ``--layouts N`` makes both share N fixed task la
 a new one per episode); ``--seeds`` varies the triplets drawn, the initial weights and the batch
 order. A method wins when its paired mean advantage exceeds two standard errors (else "tie").
 
+``--pretrain-epochs N`` stands in for the paper's pre-trained encoder (a frozen ImageNet
+ResNet-18 under a trained head): before any preference is asked, the backbone is trained for N
+epochs on a third, unlabeled pool (``--pretrain-episodes``, pool seed ``--pool-seed + 2``, never
+the held-out one) to regress simulator scene quantities from single frames
+(:mod:`~workbench.bench.rapl_pretrain`). Both methods then start from that backbone, frozen
+(``--trainable-stages`` defaults to 0), and train only their heads on the same triplets.
+
 The env package is imported inside the function through ``workbench.plugins``, never at import.
 """
 from __future__ import annotations
@@ -78,9 +85,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=1.0, help="RAPL Bradley-Terry temperature on OT similarities")
     p.add_argument("--backbone", default="cnn", help="'cnn' (tiny, random init) or a timm model name")
     p.add_argument("--weights", default=None, help="local backbone weights file for a timm backbone")
-    p.add_argument("--trainable-stages", type=int, default=None, help="train only the last N backbone stages (0: head only)")
+    p.add_argument("--trainable-stages", type=int, default=None,
+                   help="train only the last N backbone stages (0: head only; default: all, or 0 with --pretrain-epochs)")
     p.add_argument("--embed-dim", type=int, default=32)
     p.add_argument("--image-size", type=int, default=None, help="encoder input size (default: 64 for cnn, timm's otherwise)")
+    p.add_argument("--pretrain-epochs", type=int, default=0,
+                   help="pre-train the backbone this many epochs to regress scene quantities (0: off)")
+    p.add_argument("--pretrain-episodes", type=int, default=300,
+                   help="episodes of the separate pre-training pool (pool seed --pool-seed + 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--out", default=None, help="folder for results.json and the plots (default: a new temp folder)")
     args = p.parse_args(list(argv))
@@ -90,21 +102,27 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
               (0 <= args.val_frac < 1, "--val-frac must be in [0, 1)"), (args.demos >= 1, "--demos must be >= 1"),
               (args.demos <= args.train_episodes, "--demos must not exceed --train-episodes"),
               (args.batch_size >= 1 and args.threads >= 1, "--batch-size and --threads must be >= 1"),
-              (args.weights is None or args.backbone != "cnn", "--weights needs a timm --backbone, not 'cnn'")]
+              (args.weights is None or args.backbone != "cnn", "--weights needs a timm --backbone, not 'cnn'"),
+              (args.pretrain_epochs >= 0, "--pretrain-epochs must be >= 0"),
+              (args.pretrain_episodes >= 3, "--pretrain-episodes must be >= 3")]
     for ok, msg in checks:
         if not ok:
             p.error(msg)
     return args
 
 
-def _encoder(args: argparse.Namespace, seed: int):
-    """A fresh FrameEncoder; the same ``seed`` gives RAPL and RLHF identical initial weights."""
+def _encoder(args: argparse.Namespace, seed: int, backbone: Optional[Dict[str, Any]] = None):
+    """A fresh FrameEncoder; the same ``seed`` gives RAPL and RLHF identical initial weights.
+    ``backbone``: a state dict (the pre-trained backbone) loaded over the initial backbone."""
     import torch
     from workbench.rewards.rapl import FrameEncoder
 
     torch.manual_seed(seed)
-    return FrameEncoder(args.backbone, embed_dim=args.embed_dim, weights=args.weights,
-                        trainable_stages=args.trainable_stages, image_size=args.image_size)
+    enc = FrameEncoder(args.backbone, embed_dim=args.embed_dim, weights=args.weights,
+                       trainable_stages=args.trainable_stages, image_size=args.image_size)
+    if backbone is not None:
+        enc.backbone.load_state_dict(backbone)  # requires_grad (the freezing) is kept
+    return enc
 
 
 def _split(triplets: List[Any], val_frac: float):
@@ -113,10 +131,12 @@ def _split(triplets: List[Any], val_frac: float):
     return (triplets[:len(triplets) - n_val], triplets[len(triplets) - n_val:]) if n_val else (triplets, None)
 
 
-def run_one(args, budget: int, seed: int, train, test, oracle, demos, reg: float, out: Optional[str] = None) -> Dict[str, Any]:
+def run_one(args, budget: int, seed: int, train, test, oracle, demos, reg: float, out: Optional[str] = None,
+            backbone: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Both methods at one (budget, seed): Spearman on ``test``, final training accuracy, seconds.
     With ``out`` the two trained rewards are saved there (``rapl_b<budget>_s<seed>.safetensors``,
-    ``rlhf_b<budget>_s<seed>.safetensors``) for ``env.video_reward`` (``workbench bench rapl-align``)."""
+    ``rlhf_b<budget>_s<seed>.safetensors``) for ``env.video_reward`` (``workbench bench rapl-align``).
+    ``backbone``: the pre-trained backbone's state dict both encoders start from."""
     from workbench.rewards.rapl import (RAPLReward, RLHFRewardModel, pairs_from_triplets, sample_triplets,
                                         spearman_with_oracle, train_alignment, train_rlhf)
 
@@ -126,14 +146,14 @@ def run_one(args, budget: int, seed: int, train, test, oracle, demos, reg: float
     row: Dict[str, Any] = {"budget": budget, "seed": seed, "train_triplets": len(trip_train),
                            "val_triplets": len(trip_val or []), "epochs": epochs}
     t0 = time.perf_counter()
-    enc = _encoder(args, seed)
+    enc = _encoder(args, seed, backbone)
     curve = train_alignment(enc, trip_train, epochs=epochs, batch_size=args.batch_size, lr=args.lr, reg=reg,
                             temperature=args.temperature, val_triplets=trip_val, seed=seed)
     t1 = time.perf_counter()
     rapl = RAPLReward(enc, demos, reg=reg)
     row["spearman_rapl"] = spearman_with_oracle(rapl, test, oracle)
     t2 = time.perf_counter()
-    model = RLHFRewardModel(_encoder(args, seed))
+    model = RLHFRewardModel(_encoder(args, seed, backbone))
     pairs_val = pairs_from_triplets(trip_val) if trip_val else None
     rcurve = train_rlhf(model, pairs_from_triplets(trip_train), epochs=epochs, lr=args.lr, val_pairs=pairs_val,
                         batch_size=PAIRS_PER_TRIPLET * args.batch_size, seed=seed)
@@ -204,8 +224,12 @@ def bench_rapl_franka(argv: List[str]) -> Dict[str, Any]:
     seeds), ``per_budget`` (means, stds, ratio, winner), the overall ``winner`` and ``ratio``
     (mean RAPL / mean RLHF Spearman), references (``spearman_rapl_untrained``: OT with the
     unaligned encoder; ``spearman_distance_only``: the oracle without its zone term), pool
-    facts with steps/s and rendered frames/s, and seconds per stage."""
+    facts with steps/s and rendered frames/s, seconds per stage, and ``pretrain`` (None, or
+    with ``--pretrain-epochs`` the pre-training fit per quantity and where the backbone is saved:
+    ``pretrained_backbone.safetensors``)."""
     args = parse_args(argv)
+    if args.pretrain_epochs and args.trainable_stages is None:
+        args.trainable_stages = 0  # the paper's setting: a frozen pre-trained backbone
     import torch
     from workbench.bench import rapl_franka_pool as pools
     from workbench.rewards.rapl import DEFAULT_REG, Rollout, spearman_with_oracle
@@ -223,12 +247,20 @@ def bench_rapl_franka(argv: List[str]) -> Dict[str, Any]:
     cfg = dict(steps=args.steps, frame_every=args.frame_every, size=args.size, camera=args.camera, layouts=args.layouts)
     train_pool = pools.generate_pool(pools.PoolConfig(args.train_episodes, seed=args.pool_seed, **cfg), env)
     test_pool = pools.generate_pool(pools.PoolConfig(args.test_episodes, seed=args.pool_seed + 1, **cfg), env)
-    env.close()
     timings["pool_s"] = time.perf_counter() - t
     gen_s = train_pool.seconds + test_pool.seconds
     steps, frames = train_pool.steps + test_pool.steps, train_pool.frames + test_pool.frames
     print(f"rapl-franka pools: {args.train_episodes} + {args.test_episodes} episodes, {steps} steps and {frames} "
           f"frames in {gen_s:.1f} s ({steps / gen_s:.0f} steps/s, {frames / gen_s:.0f} rendered frames/s)", flush=True)
+    backbone, pretrain = None, None
+    if args.pretrain_epochs:
+        t = time.perf_counter()
+        pre_pool = pools.generate_pool(pools.PoolConfig(args.pretrain_episodes, seed=args.pool_seed + 2, **cfg), env)
+        timings["pretrain_pool_s"] = time.perf_counter() - t
+        backbone, pretrain = _pretrain(args, pre_pool, out)
+        timings["pretrain_s"] = pretrain["seconds"]
+        del pre_pool
+    env.close()
 
     train = [Rollout(e.video, e.infos) for e in train_pool.episodes]
     test = [Rollout(e.video, e.infos) for e in test_pool.episodes]
@@ -236,14 +268,15 @@ def bench_rapl_franka(argv: List[str]) -> Dict[str, Any]:
     demos = [train[i].video for i in demo_idx]
 
     t = time.perf_counter()
-    untrained = [spearman_with_oracle(_rapl_untrained(args, s, demos, reg), test, oracle) for s in range(args.seeds)]
+    untrained = [spearman_with_oracle(_rapl_untrained(args, s, demos, reg, backbone), test, oracle)
+                 for s in range(args.seeds)]
     timings["untrained_eval_s"] = time.perf_counter() - t
     distance_only = spearman_with_oracle(_DistanceOnly(test), test, oracle)
 
     runs = []
     for budget in args.budgets:
         for seed in range(args.seeds):
-            row = run_one(args, budget, seed, train, test, oracle, demos, reg, out)
+            row = run_one(args, budget, seed, train, test, oracle, demos, reg, out, backbone)
             runs.append(row)
             print(f"  budget {budget:4d} seed {seed}: Spearman RAPL {row['spearman_rapl']:+.3f}  RLHF "
                   f"{row['spearman_rlhf']:+.3f}  (train {row['rapl_train_s']:.0f} s / {row['rlhf_train_s']:.0f} s)", flush=True)
@@ -255,7 +288,8 @@ def bench_rapl_franka(argv: List[str]) -> Dict[str, Any]:
     all_rlhf, _ = _mean_std([r["spearman_rlhf"] for r in runs])
     overall = winner(runs)
     t = time.perf_counter()
-    plot_spearman(per_budget, _mean_std(untrained)[0], os.path.join(out, "spearman_vs_budget.png"))
+    plot_spearman(per_budget, _mean_std(untrained)[0], os.path.join(out, "spearman_vs_budget.png"),
+                  pretrained=pretrain is not None)
     scores = [oracle.returns(r) for r in test]
     plot_frames(test_pool.episodes, scores, os.path.join(out, "frames_preferred_vs_not.png"))
     timings["plots_s"] = time.perf_counter() - t
@@ -275,8 +309,9 @@ def bench_rapl_franka(argv: List[str]) -> Dict[str, Any]:
                  "layouts": args.layouts, "zone_lambda": zone_lambda, "oracle_by_behaviour": behaviours,
                  "steps_per_s": steps / gen_s, "frames_per_s": frames / gen_s},
         "encoder": {"backbone": args.backbone, "weights": args.weights, "embed_dim": args.embed_dim,
-                    "epochs": args.epochs, "min_updates": args.min_updates, "lr": args.lr, "reg": reg},
-        "timings_s": timings, "out": out,
+                    "trainable_stages": args.trainable_stages, "epochs": args.epochs, "min_updates": args.min_updates,
+                    "lr": args.lr, "reg": reg},
+        "pretrain": pretrain, "timings_s": timings, "out": out,
     }
     figures = _clean(figures)
     with open(os.path.join(out, "results.json"), "w") as f:
@@ -293,11 +328,33 @@ def _pm(mean, std) -> str:
     return "n/a" if mean is None else f"{mean:+.3f}±{std:.3f}"
 
 
-def _rapl_untrained(args, seed: int, demos, reg: float):
-    """RAPL's reward with the encoder at its initial weights (what alignment starts from)."""
+def _rapl_untrained(args, seed: int, demos, reg: float, backbone: Optional[Dict[str, Any]] = None):
+    """RAPL's reward with the encoder at its initial weights (what alignment starts from: with
+    ``backbone``, the pre-trained backbone under an untrained head)."""
     from workbench.rewards.rapl import RAPLReward
 
-    return RAPLReward(_encoder(args, seed), demos, reg=reg)
+    return RAPLReward(_encoder(args, seed, backbone), demos, reg=reg)
+
+
+def _pretrain(args, pool, out: str):
+    """Pre-train a backbone on ``pool`` (see :mod:`~workbench.bench.rapl_pretrain`): its initial
+    weights from ``torch.manual_seed(args.pool_seed)``, 10% of the episodes held out for the
+    fit. Saves it to ``out/pretrained_backbone.safetensors`` and returns ``(state dict, JSON
+    figures)``: the fit per quantity, the curve, sizes, seconds, the file and a digest."""
+    from workbench.bench import rapl_pretrain as pre
+
+    enc = _encoder(args, args.pool_seed)
+    videos = [e.video for e in pool.episodes]
+    labels = [pre.frame_labels(e.infos, e.zone, len(e.video), args.frame_every) for e in pool.episodes]
+    res = pre.pretrain_backbone(enc, videos, labels, epochs=args.pretrain_epochs, lr=args.lr, seed=args.pool_seed)
+    path = os.path.join(out, "pretrained_backbone.safetensors")
+    figures = {"episodes": args.pretrain_episodes, "epochs": args.pretrain_epochs, "pool_seed": args.pool_seed + 2,
+               "quantities": list(pre.QUANTITIES), **res.summary(), "path": path, "digest": pre.state_digest(res.state)}
+    pre.save_backbone(res.state, path, _clean({k: v for k, v in figures.items() if k != "curve"}))
+    fit = " ".join(f"{q} {f['r2']:.2f}" for q, f in res.fit.items())
+    print(f"rapl-franka pretraining: {res.frames} frames x {args.pretrain_epochs} epochs in {res.seconds:.0f} s; "
+          f"held-out R^2 {fit} (mean {res.mean_r2:.2f})", flush=True)
+    return res.state, figures
 
 
 class _DistanceOnly:
@@ -323,9 +380,11 @@ def _plt():
     return plt
 
 
-def plot_spearman(per_budget: List[Dict[str, Any]], untrained: Optional[float], path: str) -> None:
+def plot_spearman(per_budget: List[Dict[str, Any]], untrained: Optional[float], path: str,
+                  pretrained: bool = False) -> None:
     """Mean Spearman (with error bars of one std over seeds) of RAPL and RLHF against the
-    preference budget (triplets); a dashed line for RAPL with the unaligned encoder."""
+    preference budget (triplets); a dashed line for RAPL with the unaligned encoder.
+    ``pretrained``: both started from the frozen pre-trained backbone (said in the title)."""
     plt = _plt()
     budgets = [r["budget"] for r in per_budget]
     fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
@@ -335,7 +394,8 @@ def plot_spearman(per_budget: List[Dict[str, Any]], untrained: Optional[float], 
         std = [0.0 if r[f"{key}_std"] is None else r[f"{key}_std"] for r in per_budget]
         ax.errorbar(budgets, mean, yerr=std, marker="o", capsize=4, label=label, color=colour)
     if untrained is not None:
-        ax.axhline(untrained, ls="--", color="tab:gray", lw=1, label="RAPL, unaligned encoder")
+        label = "RAPL, pre-trained backbone, unaligned head" if pretrained else "RAPL, unaligned encoder"
+        ax.axhline(untrained, ls="--", color="tab:gray", lw=1, label=label)
     ax.axhline(0.0, color="black", lw=0.5)
     ax.set_xscale("log")
     ax.xaxis.set_minor_locator(plt.NullLocator())
@@ -344,7 +404,8 @@ def plot_spearman(per_budget: List[Dict[str, Any]], untrained: Optional[float], 
     ax.set_xlabel("preference budget (triplets)")
     ax.set_ylabel("Spearman with the oracle (held-out)")
     ax.set_ylim(-1, 1)
-    ax.set_title("FrankaPush with a forbidden zone")
+    ax.set_title("FrankaPush with a forbidden zone" + ("\n(frozen pre-trained backbone, heads trained)" if pretrained else ""),
+                 fontsize=9 if pretrained else None)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)

@@ -295,12 +295,14 @@ def _crop(frame: np.ndarray, size: int) -> np.ndarray:
 class Episode:
     """One scripted episode: ``video`` uint8 ``[F, size, size, 3]`` (every ``frame_every``-th
     step, the reset frame first), ``infos`` (``steps + 1`` info dicts, reset first),
-    ``behaviour`` and the seed it was reset with."""
+    ``behaviour``, the seed it was reset with and ``zone``, the forbidden zone's centre xy
+    ``(2,)`` in metres (fixed for the episode, so not in the infos; None without a zone)."""
 
     video: np.ndarray
     infos: List[Dict[str, Any]]
     behaviour: str
     seed: int
+    zone: Optional[np.ndarray] = None
 
 
 def run_episode(env, behaviour: str, seed: int, steps: int = 100, frame_every: int = 5, size: int = 64,
@@ -320,7 +322,8 @@ def run_episode(env, behaviour: str, seed: int, steps: int = 100, frame_every: i
         infos.append(_plain(info))
         if t % frame_every == 0:
             frames.append(_crop(env.render(), size))
-    return Episode(np.stack(frames), infos, behaviour, int(seed))
+    zone = None if base.zone_center is None else np.array(base.zone_center)
+    return Episode(np.stack(frames), infos, behaviour, int(seed), zone)
 
 
 def _plain(info: Mapping[str, Any]) -> Dict[str, Any]:
