@@ -17,6 +17,7 @@ All task state (arm, cube, goal and zone, which are mocap bodies) lives in ``dat
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Any, Dict, Optional, Tuple
 
@@ -32,7 +33,7 @@ WORKSPACE = np.array([[0.25, -0.40, 0.03], [0.80, 0.40, 0.45]])  # TCP target bo
 OBS_MODES = ("state", "pixels", "pixels+state")
 
 
-class FrankaEnv(gym.Env):
+class FrankaEnv(gym.Env, abc.ABC):
     """Shared machinery; subclasses set the scene, the task sampling, observation and reward.
 
     Keyword arguments (all tasks): obs_mode, render_mode (None | "rgb_array"), width/height
@@ -91,17 +92,17 @@ class FrankaEnv(gym.Env):
     def _setup(self) -> None:
         """Look up task-specific model ids (called once the model exists)."""
 
+    @abc.abstractmethod
     def _sample_task(self) -> None:
         """Place the goal (and object, zone) with ``self.np_random``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _task_state(self) -> np.ndarray:
         """Task part of the state vector."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _evaluate(self) -> Tuple[float, bool, Dict[str, Any]]:
         """(reward, success, privileged info) of the current state."""
-        raise NotImplementedError
 
     # --- gymnasium API ---------------------------------------------------------------------
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):

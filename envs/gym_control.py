@@ -292,6 +292,8 @@ class GymControlEnv(Environment):
         )
 
     def score(self, batch: Batch) -> Batch:
+        if self.video_reward is None and self.scaler is None:
+            return batch
         raw = batch.rewards.T.cpu().numpy().astype(np.float64)
         dones = batch.dones.T.cpu().numpy() > 0
         if self.video_reward is not None:

@@ -231,7 +231,7 @@ class Trainer:
             self.save_checkpoint()
             if run.eval_episodes > 0:
                 video = str(self.run_dir / "rollout.mp4") if run.final_video and getattr(self.env, "renders", False) else None
-                final = self.env.evaluate(self.policy, run.eval_episodes, **({"video_path": video} if video else {}))
+                final = self.env.evaluate(self.policy, run.eval_episodes, video_path=video)
                 logger.log(self.step, final)
         finally:
             logger.close()

@@ -28,6 +28,7 @@ training schedule) and the condition tensors [M, 1, ...].
 """
 from __future__ import annotations
 
+import abc
 import copy
 import math
 from contextlib import contextmanager
@@ -180,7 +181,7 @@ def inject_lora(model: nn.Module, options: Dict[str, Any], default_targets: List
     return model
 
 
-class DenoisingPolicy(Policy):
+class DenoisingPolicy(Policy, abc.ABC):
     """Base of the denoising policies. A subclass builds ``self.model`` (the trained denoiser),
     ``self.conditioner``, and implements ``_schedule``, ``_forward``, ``_step`` and
     ``_decode``; see the module docstring for what the base does with them."""
@@ -244,21 +245,21 @@ class DenoisingPolicy(Policy):
                 m.enable_adapters(True)
 
     # ------------------------------------------------------------------ subclass hooks
-    def _schedule(self, num_steps: int) -> Dict[str, torch.Tensor]:  # pragma: no cover - interface
+    @abc.abstractmethod
+    def _schedule(self, num_steps: int) -> Dict[str, torch.Tensor]:
         """Per-step constants of a chain of ``num_steps`` (timesteps, alphas or sigmas)."""
-        raise NotImplementedError
 
-    def _forward(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:  # pragma: no cover
+    @abc.abstractmethod
+    def _forward(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         """The model's raw prediction (noise or velocity) [M, C, H, W] at timesteps ``t`` [M]."""
-        raise NotImplementedError
 
-    def _step(self, pred: torch.Tensor, x_t: torch.Tensor, step: torch.Tensor, schedule, stochastic: bool):  # pragma: no cover
+    @abc.abstractmethod
+    def _step(self, pred: torch.Tensor, x_t: torch.Tensor, step: torch.Tensor, schedule, stochastic: bool):
         """(mean [M, C, H, W], std [M]) of the step from ``x_t`` at step indices ``step`` [M]."""
-        raise NotImplementedError
 
-    def _decode(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+    @abc.abstractmethod
+    def _decode(self, x: torch.Tensor) -> torch.Tensor:
         """Final latents -> images [B, 3, H, W] in [0, 1]."""
-        raise NotImplementedError
 
     def _initial_latents(self, n: int, generator: Optional[torch.Generator]) -> torch.Tensor:
         return torch.randn(n, *self.latent_shape, generator=generator).to(self.device)
@@ -335,7 +336,7 @@ class DenoisingPolicy(Policy):
             x_prev = mean + std.view(-1, *[1] * (mean.dim() - 1)) * torch.randn(mean.shape, generator=generator).to(device)
             if shared:
                 mean, std, x_prev = mean[inverse], std[inverse], x_prev[inverse]
-            logps.append(gaussian_logp(x_prev, mean, std) if bool((std > 0).all()) else torch.zeros(B, device=device))
+            logps.append(gaussian_logp(x_prev, mean, std) if stochastic else torch.zeros(B, device=device))
             xs.append(x)
             prevs.append(x_prev)
             x = x_prev
@@ -365,27 +366,49 @@ class DenoisingPolicy(Policy):
         return PolicyOutput(logp=logp.view(M, S), entropy=entropy.reshape(M, S), kl=kl)
 
 
-def check_common_options(cfg) -> None:
-    """Validate the options every denoising policy config shares (one clear line each)."""
-    if cfg.num_steps < 1:
-        raise ConfigError(f"policy.num_steps must be >= 1, got {cfg.num_steps}")
-    if cfg.eval_num_steps is not None and cfg.eval_num_steps < 1:
-        raise ConfigError(f"policy.eval_num_steps must be >= 1, got {cfg.eval_num_steps}")
-    if not 0 < cfg.timestep_fraction <= 1:
-        raise ConfigError(f"policy.timestep_fraction must lie in (0, 1], got {cfg.timestep_fraction}")
-    if cfg.guidance_scale < 1:
-        raise ConfigError(f"policy.guidance_scale must be >= 1, got {cfg.guidance_scale}")
-    if cfg.reference not in (None, "frozen", "lora_base"):
-        raise ConfigError(f"policy.reference={cfg.reference!r} is not valid; valid choices: null, frozen, lora_base")
-    if cfg.reference == "lora_base" and not cfg.lora:
-        raise ConfigError("policy.reference=lora_base needs policy.lora (the base is the model with adapters off)")
-    if cfg.train_window is not None:
-        if len(cfg.train_window) != 2:
-            raise ConfigError(f"policy.train_window must be [first, end), got {cfg.train_window}")
-        first, end = (int(w) + cfg.num_steps if int(w) < 0 else int(w) for w in cfg.train_window)
-        if not 0 <= first < end <= cfg.num_steps:
-            raise ConfigError(f"policy.train_window={list(cfg.train_window)} selects no steps of {cfg.num_steps}")
-    if cfg.progressive_start is not None and cfg.progressive_start < 1:
-        raise ConfigError(f"policy.progressive_start must be >= 1, got {cfg.progressive_start}")
-    if cfg.progressive_iterations < 1:
-        raise ConfigError(f"policy.progressive_iterations must be >= 1, got {cfg.progressive_iterations}")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class DenoisingConfig:
+    """Options every denoising policy has; a policy's ``Config`` adds its model's options and
+    may change defaults (each validated here, one clear line each)."""
+
+    num_steps: int = 10  # denoising steps per training sample (= T)
+    guidance_scale: float = 1.0  # classifier-free guidance; 1 = off
+    negative_prompt: str = ""  # text models: CFG's unconditional prompt
+    timestep_fraction: float = 1.0  # share of the trained window's steps trained on (random per sample, DDPO)
+    train_window: Optional[List[int]] = None  # [first, end) step indices trained (negative: from the end); null = all
+    progressive_start: Optional[int] = None  # B²-DiffuRL: train the last k steps first, growing back to all
+    progressive_iterations: int = 100  # collects over which the progressive window reaches all steps
+    eval_num_steps: Optional[int] = None  # steps of evaluation chains; null = num_steps
+    eval_deterministic: bool = False  # evaluate with the deterministic chain (eta 0 / the ODE)
+    reference: Optional[str] = None  # KL reference: null | frozen | lora_base
+    lora: Optional[Dict[str, Any]] = None  # peft LoraConfig kwargs (r, lora_alpha, target_modules); trains only the adapters
+    weights_dtype: str = "float32"  # dtype of loaded weights that do not train (VAE, text encoders; the denoiser under LoRA)
+
+    def __post_init__(self) -> None:
+        if self.num_steps < 1:
+            raise ConfigError(f"policy.num_steps must be >= 1, got {self.num_steps}")
+        if self.eval_num_steps is not None and self.eval_num_steps < 1:
+            raise ConfigError(f"policy.eval_num_steps must be >= 1, got {self.eval_num_steps}")
+        if not 0 < self.timestep_fraction <= 1:
+            raise ConfigError(f"policy.timestep_fraction must lie in (0, 1], got {self.timestep_fraction}")
+        if self.guidance_scale < 1:
+            raise ConfigError(f"policy.guidance_scale must be >= 1, got {self.guidance_scale}")
+        if self.reference not in (None, "frozen", "lora_base"):
+            raise ConfigError(f"policy.reference={self.reference!r} is not valid; valid choices: null, frozen, lora_base")
+        if self.reference == "lora_base" and not self.lora:
+            raise ConfigError("policy.reference=lora_base needs policy.lora (the base is the model with adapters off)")
+        if self.weights_dtype not in DTYPES:
+            raise ConfigError(f"policy.weights_dtype={self.weights_dtype!r} is not valid; valid choices: {', '.join(DTYPES)}")
+        if self.train_window is not None:
+            if len(self.train_window) != 2:
+                raise ConfigError(f"policy.train_window must be [first, end), got {self.train_window}")
+            first, end = (int(w) + self.num_steps if int(w) < 0 else int(w) for w in self.train_window)
+            if not 0 <= first < end <= self.num_steps:
+                raise ConfigError(f"policy.train_window={list(self.train_window)} selects no steps of {self.num_steps}")
+        if self.progressive_start is not None and self.progressive_start < 1:
+            raise ConfigError(f"policy.progressive_start must be >= 1, got {self.progressive_start}")
+        if self.progressive_iterations < 1:
+            raise ConfigError(f"policy.progressive_iterations must be >= 1, got {self.progressive_iterations}")

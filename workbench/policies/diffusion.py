@@ -24,15 +24,14 @@ Models (``pretrained``, a local path or hub id, else ``unet_config``):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
 from workbench.environment import EnvSpec
 from workbench.policies.denoising import (
-    ClassConditioner, Cond, DenoisingPolicy, Frozen, PromptCache, check_common_options, gaussian_kl_same_std, gaussian_logp,
+    DTYPES, ClassConditioner, Cond, DenoisingConfig, DenoisingPolicy, Frozen, PromptCache, gaussian_kl_same_std, gaussian_logp,
 )
 from workbench.registry import ConfigError, POLICIES
 
@@ -40,7 +39,6 @@ __all__ = ["DiffusionDDIMPolicy", "ddim_step_mean_std", "gaussian_logp", "gaussi
 
 # DDPO-style log-probs need these (see the module docstring); user scheduler options may not undo them
 _SCHEDULER_REQUIRED = {"set_alpha_to_one": False, "steps_offset": 1}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 TINY_UNET = {
     "sample_size": 32,
@@ -79,19 +77,6 @@ def ddim_step_mean_std(
     return mean, std.view(-1)
 
 
-def is_pipeline(path: str) -> bool:
-    """A diffusers pipeline folder (local, or a hub id whose model_index.json is cached)."""
-    if Path(path).is_dir():
-        return (Path(path) / "model_index.json").exists()
-    from diffusers import DiffusionPipeline
-
-    try:
-        DiffusionPipeline.load_config(path)
-        return True
-    except (OSError, ValueError):
-        return False
-
-
 def load_pipeline(path: str, dtype: torch.dtype, **kwargs):
     """``DiffusionPipeline.from_pretrained`` with one clear line when it cannot load."""
     import warnings
@@ -111,35 +96,22 @@ class DiffusionDDIMPolicy(DenoisingPolicy):
     lora_targets = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj"]
 
     @dataclass
-    class Config:
+    class Config(DenoisingConfig):
         name: str = "diffusion_ddim"
         pretrained: Optional[str] = None  # UNet2DModel folder, SD pipeline folder (model_index.json) or hub id; else unet_config
         subfolder: Optional[str] = None  # e.g. "unet" for a UNet2DModel inside a pipeline-like folder
         unet_config: Dict[str, Any] = field(default_factory=lambda: dict(TINY_UNET))  # UNet2DModel kwargs (random init)
         scheduler_config: Dict[str, Any] = field(default_factory=dict)  # DDIMScheduler kwargs (beta_schedule, clip_sample, ...)
-        num_steps: int = 10  # DDIM denoising steps per sample (= T)
         eta: float = 1.0  # DDIM stochasticity; must be > 0 (1.0 = DDPM, as DDPO uses)
-        guidance_scale: float = 1.0  # classifier-free guidance (DDPO on SD: 5.0)
         null_class: Optional[int] = None  # class models: CFG's unconditional class id; default the last class embedding
-        negative_prompt: str = ""  # text models: CFG's unconditional prompt
-        timestep_fraction: float = 1.0  # share of the trained window's steps trained on (random per sample, DDPO)
-        train_window: Optional[List[int]] = None  # [first, end) step indices trained (negative: from the end); null = all
-        progressive_start: Optional[int] = None  # B²-DiffuRL: train the last k steps first, growing back to all
-        progressive_iterations: int = 100  # collects over which the progressive window reaches all steps
-        eval_num_steps: Optional[int] = None  # steps of evaluation chains; null = num_steps
-        eval_deterministic: bool = False  # evaluate with eta = 0 (DDPO evaluates with its training sampler)
-        reference: Optional[str] = None  # KL reference: null | frozen | lora_base
-        lora: Optional[Dict[str, Any]] = None  # peft LoraConfig kwargs (r, lora_alpha, target_modules); trains only the adapters
-        weights_dtype: str = "float32"  # dtype of loaded weights that do not train (VAE, text encoder; the UNet under LoRA)
         init_seed: Optional[int] = None  # seed of the random init (default: the global torch RNG)
+        # (DDPO on SD uses guidance_scale 5; it evaluates with its training sampler: eval_deterministic false)
 
         def __post_init__(self) -> None:
             if not self.eta > 0:
                 raise ConfigError(f"policy.eta={self.eta} cannot be trained: DDIM with eta == 0 is deterministic and has no "
                                   "log-probability; use eta > 0 (DDPO uses 1.0)")
-            if self.weights_dtype not in DTYPES:
-                raise ConfigError(f"policy.weights_dtype={self.weights_dtype!r} is not valid; valid choices: {', '.join(DTYPES)}")
-            check_common_options(self)
+            super().__post_init__()
 
     def __init__(self, cfg: "DiffusionDDIMPolicy.Config", spec: Optional[EnvSpec] = None) -> None:
         super().__init__()
@@ -147,10 +119,11 @@ class DiffusionDDIMPolicy(DenoisingPolicy):
 
         sched_kwargs: Dict[str, Any] = {}
         self.vae_scale = None
-        if cfg.pretrained and is_pipeline(cfg.pretrained):
+        index = pipeline_config(cfg.pretrained) if cfg.pretrained else {}
+        if index:  # a pipeline folder or hub id (model_index.json)
             dtype = DTYPES[cfg.weights_dtype]
             pipe = load_pipeline(cfg.pretrained, dtype, safety_checker=None, requires_safety_checker=False) \
-                if "StableDiffusion" in _pipeline_class(cfg.pretrained) else load_pipeline(cfg.pretrained, dtype)
+                if "StableDiffusion" in str(index.get("_class_name", "")) else load_pipeline(cfg.pretrained, dtype)
             if not hasattr(pipe, "unet") or not hasattr(pipe, "encode_prompt"):
                 raise ConfigError(f"policy.pretrained={cfg.pretrained!r} is a {type(pipe).__name__}; diffusion_ddim needs a "
                                   "UNet text-to-image pipeline (Stable Diffusion 1.x/2.x); use diffusion_flow for SD3")
@@ -247,8 +220,9 @@ class DiffusionDDIMPolicy(DenoisingPolicy):
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
-def _pipeline_config(path: str) -> Dict[str, Any]:
-    """The pipeline's model_index.json ({} when there is none)."""
+def pipeline_config(path: str) -> Dict[str, Any]:
+    """The pipeline's model_index.json, local or a cached hub id ({} when there is none: e.g. a
+    bare UNet folder)."""
     from diffusers import DiffusionPipeline
 
     try:
@@ -256,6 +230,3 @@ def _pipeline_config(path: str) -> Dict[str, Any]:
     except (OSError, ValueError):
         return {}
 
-
-def _pipeline_class(path: str) -> str:
-    return str(_pipeline_config(path).get("_class_name", ""))

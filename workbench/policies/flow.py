@@ -24,14 +24,14 @@ frozen outside the policy's state; prompts are encoded by the pipeline's ``encod
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
 from workbench.environment import EnvSpec
-from workbench.policies.denoising import Cond, DenoisingPolicy, Frozen, PromptCache, check_common_options
-from workbench.policies.diffusion import DTYPES, load_pipeline
+from workbench.policies.denoising import DTYPES, Cond, DenoisingConfig, DenoisingPolicy, Frozen, PromptCache
+from workbench.policies.diffusion import pipeline_config, load_pipeline
 from workbench.registry import ConfigError, POLICIES
 
 
@@ -61,25 +61,16 @@ class FlowSDEPolicy(DenoisingPolicy):
                     "attn.to_k", "attn.to_out.0", "attn.to_q", "attn.to_v"]
 
     @dataclass
-    class Config:
+    class Config(DenoisingConfig):
         name: str = "diffusion_flow"
         pretrained: Optional[str] = None  # SD3 pipeline folder or hub id (required)
         resolution: Optional[int] = None  # image side in pixels; null = the model's default
-        num_steps: int = 10  # SDE steps per training sample (Flow-GRPO: 10)
         noise_level: float = 0.7  # Flow-GRPO's a in s_t = a sqrt(sigma / (1 - sigma)); must be > 0
         guidance_scale: float = 4.5  # classifier-free guidance (Flow-GRPO on SD3.5-M: 4.5)
-        negative_prompt: str = ""
         use_t5: bool = True  # load SD3's T5 text encoder (false saves ~9 GB; SD3 then sees zeros in its place)
         max_sequence_length: int = 128  # T5 tokens (when the pipeline has T5)
-        timestep_fraction: float = 1.0  # share of the trained window's steps trained on (Flow-GRPO: 0.99)
-        train_window: Optional[List[int]] = None  # [first, end) step indices trained; null = all
-        progressive_start: Optional[int] = None  # B²-DiffuRL backward-progressive window
-        progressive_iterations: int = 100
-        eval_num_steps: Optional[int] = None  # Flow-GRPO evaluates with 40; null = num_steps
-        eval_deterministic: bool = True  # evaluate with the ODE (noise_level 0), as Flow-GRPO does
-        reference: Optional[str] = None  # KL reference: null | frozen | lora_base
-        lora: Optional[Dict[str, Any]] = None  # peft LoraConfig kwargs; Flow-GRPO: r 32, alpha 64 on the attention projections
-        weights_dtype: str = "float32"  # dtype of weights that do not train (VAE, text encoders; the transformer under LoRA)
+        eval_deterministic: bool = True  # evaluate with the ODE (noise_level 0), as Flow-GRPO does (eval_num_steps: 40)
+        # num_steps 10 and timestep_fraction 0.99 in Flow-GRPO; lora r 32, alpha 64 on the attention projections
 
         def __post_init__(self) -> None:
             if not self.pretrained:
@@ -87,15 +78,11 @@ class FlowSDEPolicy(DenoisingPolicy):
             if not self.noise_level > 0:
                 raise ConfigError(f"policy.noise_level={self.noise_level} cannot be trained: the ODE (noise_level 0) is "
                                   "deterministic and has no log-probability; Flow-GRPO uses 0.7")
-            if self.weights_dtype not in DTYPES:
-                raise ConfigError(f"policy.weights_dtype={self.weights_dtype!r} is not valid; valid choices: {', '.join(DTYPES)}")
-            check_common_options(self)
+            super().__post_init__()
 
     def __init__(self, cfg: "FlowSDEPolicy.Config", spec: Optional[EnvSpec] = None) -> None:
         super().__init__()
-        from workbench.policies.diffusion import _pipeline_config
-
-        index = _pipeline_config(cfg.pretrained)
+        index = pipeline_config(cfg.pretrained)
         no_t5 = not cfg.use_t5 or not (index.get("text_encoder_3") or [None])[0]
         pipe = load_pipeline(cfg.pretrained, DTYPES[cfg.weights_dtype], **({"text_encoder_3": None, "tokenizer_3": None} if no_t5 else {}))
         if not hasattr(pipe, "transformer") or not hasattr(pipe, "encode_prompt"):
