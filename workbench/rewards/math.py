@@ -1,13 +1,25 @@
-"""Math answer rewards: extract the final answer, compare it with the gold one via math-verify.
+"""Math answer rewards: math-verify reads the completion's final answer and compares it with the gold one.
 
-``extract_answer`` takes, in order, the last complete ``\\boxed{...}`` (or ``\\fbox{...}``;
-nested braces allowed), else the last non-empty ``<answer>...</answer>``, else the last
-number in the text. ``math_accuracy`` scores 1.0 when math-verify finds the extracted
-answer equivalent to the ``answer`` column (``12/36`` = ``1/3``, ``0.5`` = ``\\frac{1}{2}``,
-``1,000`` = ``1000``), else 0.0; no extractable answer scores 0.0.
+``math_accuracy`` finds the completion's answer in this order, then asks math-verify's
+``verify`` whether it equals the ``answer`` column (``12/36`` = ``1/3``, ``5 \\leq x`` =
+``x >= 5``, ``14{,}916`` = ``14916``, ``[2, 5)`` as an interval, ``\\{1, 2\\}`` as a set):
 
-How the strings reach math-verify (``parse`` needs LaTeX delimiters to read bare LaTeX:
-``parse("\\frac12")`` finds nothing and ``parse("2\\sqrt{3}")`` returns 2):
+1. the last complete ``\\boxed{...}``/``\\fbox{...}`` (several boxes are not joined into a set);
+2. else the last non-empty ``<answer>...</answer>`` (the text envs' format);
+3. else math-verify's own extraction over the whole completion, with its
+   ``LatexExtractionConfig(boxed_match_priority=0)`` and ``ExprExtractionConfig``: the
+   Minerva "The final answer is $x$. I hope it is correct." form, "answer: ...", the last
+   ``$...$``/``\\(...\\)`` or number;
+4. else, or when step 3 found only a sum/product of bare numbers (``27+38``, an echoed
+   arithmetic prompt that math-verify would evaluate to the right answer), the last number
+   in the text (``extract_answer``: ``27+38`` gives 38).
+
+Chat tokens (``<|im_end|>``, ``</s>``, ...) are removed first (math-verify reads
+``1/2<|im_end|>`` as 1) and a Unicode minus becomes ``-``. No answer scores 0.0.
+
+How short strings (a box's or tag's content, a gold answer, an ``answers_match`` prediction)
+reach math-verify (``parse`` needs LaTeX delimiters to read bare LaTeX:
+``parse("\\frac12")`` finds nothing, ``parse("2\\sqrt{3}")`` returns 2, ``parse("x \\geq 5")`` 5):
 
 * text that already has ``$``/``\\(``/``\\[`` delimiters is parsed as it is;
 * text with prose words (``18 dollars``, ``5 apples``) is parsed as it is, which lets
@@ -29,7 +41,7 @@ from typing import Any, List, Optional
 from workbench.registry import REWARDS
 from workbench.rewards.base import completion_text
 
-__all__ = ["extract_answer", "extract_boxed", "answers_match", "math_accuracy"]
+__all__ = ["extract_answer", "extract_boxed", "parse_completion", "answers_match", "math_accuracy"]
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\b")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -109,6 +121,66 @@ def extract_answer(text: Any) -> Optional[str]:
     return last
 
 
+# end-of-turn / special tokens a decoded completion may end with
+_CHAT_TOKENS = re.compile(r"<\|[^|<>\s]{1,40}\|>|</s>|<eos>|<(?:start|end)_of_turn>")
+
+
+def _clean(text: str) -> str:
+    """Completion text without chat tokens, with a Unicode minus as ``-``."""
+    return _CHAT_TOKENS.sub(" ", text).replace("−", "-")
+
+
+_LITERAL_ARITHMETIC = re.compile(r"[\d.,\s()/*×÷+-]+")
+_BINARY_OP = re.compile(r"[\d)]\s*[-+*×÷]")
+
+
+def _is_literal_arithmetic(found: str) -> bool:
+    """Whether math-verify's match is a sum/product of bare numbers (``27+38``, ``3 * 4``):
+    an echoed arithmetic prompt, which math-verify would evaluate and count as the answer.
+    A fraction ``2/3`` or a lone ``-5`` is an answer; so is anything in a box or tag."""
+    found = found.strip().rstrip(".")
+    return bool(_LITERAL_ARITHMETIC.fullmatch(found) and _BINARY_OP.search(found))
+
+
+def _extraction_config() -> list:
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig
+
+    # boxed answers first, then math-verify's own order (final-answer phrases, "answer:",
+    # the rightmost LaTeX environment or number)
+    return [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+
+
+def parse_completion(text: Any, *, whole_text: bool = True, timeout: Optional[int] = None) -> list:
+    """math-verify's parse of the completion's final answer (see the module docstring); [] if none.
+
+    ``whole_text=False`` only looks at ``\\boxed`` and ``<answer>`` answers.
+    """
+    if text is None:
+        return []
+    text = _clean(completion_text(text))
+    boxed = extract_boxed(text)
+    if boxed is not None:
+        # math-verify reads the box itself; where that leaves only its string fallback (it
+        # does for \boxed{50\%}), the content read as a short string may still parse
+        found = list(_parse_cached(f"$\\boxed{{{boxed}}}$", timeout))
+        if all(isinstance(f, str) for f in found):
+            found = list(_parse_cached(boxed, timeout)) or found
+        return found
+    tags = [t.strip() for t in _ANSWER_TAG.findall(text)]
+    tags = [t for t in tags if t]
+    if tags:
+        return list(_parse_cached(tags[-1], timeout))
+    if not whole_text:
+        return []
+    from math_verify import parse
+
+    found = parse(text, _extraction_config(), parsing_timeout=timeout)
+    if found and not any(isinstance(f, str) and _is_literal_arithmetic(f) for f in found):
+        return found
+    last = extract_answer(text)
+    return list(_parse_cached(last, timeout)) if last is not None else []
+
+
 def _gold_text(gold: Any) -> str:
     """The gold answer as text: a ``\\boxed{}`` in it wins, GSM8K's ``#### 72`` gives 72."""
     if gold is None:
@@ -173,10 +245,26 @@ def _parse(text: str, timeout: Optional[int]) -> list:
     else:
         order = [wrapped, inner]
     for candidate in order:
-        result = parse(candidate, parsing_timeout=timeout)
+        result = parse(candidate, _extraction_config(), parsing_timeout=timeout)
         if result:
             return result
     return []
+
+
+def _matches(gold: Any, pred_parsed: list, timeout: Optional[int], float_rounding: int,
+             numeric_precision: int, strict: bool) -> bool:
+    """math-verify's ``verify`` of a parsed prediction against the gold answer; an unparsable
+    gold raises ValueError (checked only when there is a prediction, as before)."""
+    from math_verify import verify
+
+    if not pred_parsed:
+        return False
+    gold_text = _gold_text(gold)
+    gold_parsed = list(_parse_cached(gold_text, timeout))
+    if not gold_parsed:
+        raise ValueError(f"cannot parse the gold answer {gold_text!r}")
+    return bool(verify(gold_parsed, pred_parsed, float_rounding=float_rounding,
+                       numeric_precision=numeric_precision, strict=strict, timeout_seconds=timeout))
 
 
 def answers_match(gold: Any, prediction: Optional[str], *, timeout_seconds: Optional[int] = 5,
@@ -186,20 +274,11 @@ def answers_match(gold: Any, prediction: Optional[str], *, timeout_seconds: Opti
     Raises ValueError when the gold answer is None or cannot be parsed (a data problem
     worth seeing: in a pipeline it is logged and counted as a failure).
     """
-    from math_verify import verify
-
     if prediction is None or not str(prediction).strip():
         return False
     timeout = _timeout(timeout_seconds)
-    gold_text = _gold_text(gold)
-    gold_parsed = list(_parse_cached(gold_text, timeout))
-    if not gold_parsed:
-        raise ValueError(f"cannot parse the gold answer {gold_text!r}")
-    pred_parsed = list(_parse_cached(str(prediction), timeout))
-    if not pred_parsed:
-        return False
-    return bool(verify(gold_parsed, pred_parsed, float_rounding=float_rounding,
-                       numeric_precision=numeric_precision, strict=strict, timeout_seconds=timeout))
+    return _matches(gold, list(_parse_cached(str(prediction), timeout)), timeout, float_rounding,
+                    numeric_precision, strict)
 
 
 @REWARDS.register("math_accuracy")
@@ -209,11 +288,13 @@ def math_accuracy(answer_column: str = "answer", fallback_last_number: bool = Tr
     """1.0 when the completion's final answer equals the gold answer, else 0.0.
 
     ``answer_column``: dataset column with the gold answers (a ``\\boxed{}`` or GSM8K
-    ``#### x`` in it is extracted). ``fallback_last_number=False`` only accepts ``\\boxed``
-    and ``<answer>`` answers. ``timeout_seconds`` bounds each math-verify parse/compare (main
-    thread only). ``float_rounding``/``numeric_precision``/``strict`` go to
-    ``math_verify.verify``; note that with ``float_rounding=6``, ``0.333333`` equals ``1/3``.
-    A gold answer math-verify cannot parse raises (the pipeline logs it as a failure).
+    ``#### x`` in it is extracted; plain strings such as ``[2, 5)`` are read as LaTeX).
+    ``fallback_last_number=False`` only accepts ``\\boxed`` and ``<answer>`` answers (no
+    final-answer phrase, LaTeX or number from the prose). ``timeout_seconds`` bounds each
+    math-verify parse/compare (main thread only). ``float_rounding``/``numeric_precision``/
+    ``strict`` go to ``math_verify.verify``; with ``float_rounding=6``, ``0.333333`` equals
+    ``1/3``; ``strict=True`` keeps ``x > 5`` apart from ``x >= 5``. A gold answer math-verify
+    cannot parse raises (the pipeline logs it as a failure).
     """
     if timeout_seconds is not None and int(timeout_seconds) != timeout_seconds:
         raise ValueError("timeout_seconds must be a whole number of seconds (math-verify uses signal.alarm)")
@@ -221,16 +302,11 @@ def math_accuracy(answer_column: str = "answer", fallback_last_number: bool = Tr
     def reward(completions: List[Any], **columns: Any) -> List[float]:
         if answer_column not in columns:
             raise KeyError(f"math_accuracy needs the '{answer_column}' column; got {sorted(columns)}")
+        timeout = _timeout(timeout_seconds)
         scores = []
         for completion, gold in zip(completions, columns[answer_column]):
-            text = completion_text(completion)
-            pred = extract_answer(text)
-            if pred is not None and not fallback_last_number and extract_boxed(text) is None and not any(
-                t.strip() for t in _ANSWER_TAG.findall(text)
-            ):
-                pred = None
-            ok = answers_match(gold, pred, timeout_seconds=timeout_seconds, float_rounding=float_rounding,
-                               numeric_precision=numeric_precision, strict=strict)
+            pred = parse_completion(completion, whole_text=fallback_last_number, timeout=timeout)
+            ok = _matches(gold, pred, timeout, float_rounding, numeric_precision, strict)
             scores.append(1.0 if ok else 0.0)
         return scores
 
