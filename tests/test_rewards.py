@@ -231,11 +231,13 @@ def test_extract_code():
 
 def test_code_tests_reward():
     pytest.importorskip("workbench.rewards.sandbox")
-    fn = build_reward("code_tests", cpu_seconds=5, wall_seconds=20)
+    from workbench.rewards.sandbox import isolation_mode
+
+    fn = build_reward("code_tests", cpu_seconds=5, wall_seconds=20, isolation=isolation_mode())
     good = "Here:\n```python\ndef f(x):\n    return 2 * x\n```"
     half = "```python\ndef f(x):\n    return x + 2\n```"
     tests = ["assert f(2) == 4", "assert f(3) == 6"]
-    assert fn([good, half, "this is not python"], tests=[tests, tests, tests]) == [1.0, 0.5, 0.0]
+    assert fn([good, half, "this is not python"], tests=[tests, tests, tests])["score"] == [1.0, 0.5, 0.0]
 
 
 def test_code_tests_bad_limit():

@@ -1,30 +1,40 @@
 """Sandbox for model-written code: scoring, and survival of hostile candidates.
 
 Hostile cases run in every isolation mode this host offers ("namespace" when namespaces are
-permitted, and always the "basic" fallback), by monkeypatching ``isolation_mode``.
+permitted, and always the opt-in "basic" mode): the ``mode`` fixture points this module's
+``run_tests`` at that mode. As root, ``test_hostile_suite_as_unprivileged_user`` runs this
+file again as an ordinary user, the usual case where namespace mode keeps the user's uid.
 """
 import functools
+import logging
 import os
+import pwd
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
+from workbench.registry import ConfigError
 from workbench.rewards import sandbox
-from workbench.rewards.sandbox import SandboxLimits, SandboxResult, run_tests
+from workbench.rewards.sandbox import SandboxLimits, SandboxResult
 
 FAST = SandboxLimits(cpu_seconds=2, wall_seconds=3, memory_mb=256, test_seconds=1)
 NATIVE = sandbox.isolation_mode()
+REPO = Path(__file__).resolve().parent.parent
+run_tests = functools.partial(sandbox.run_tests, isolation=NATIVE)  # the best mode this host has
 
 
 @pytest.fixture(params=["namespace", "basic"])
 def mode(request, monkeypatch):
     if request.param == "namespace" and NATIVE != "namespace":
         pytest.skip("namespaces are not permitted on this host")
-    monkeypatch.setattr(sandbox, "isolation_mode", lambda: request.param)
+    monkeypatch.setitem(globals(), "run_tests", functools.partial(sandbox.run_tests, isolation=request.param))
     # One known uid (when root) so leftover processes can be found exactly.
     uid = 0x7ABC0000 + os.getpid() % 0x10000
     monkeypatch.setattr(sandbox, "SANDBOX_UIDS", range(uid, uid + 1))
@@ -378,11 +388,12 @@ def test_replaying_the_result_channel_earns_nothing(mode):
     assert (r.passed, r.total, r.status) == (0, 3, "ok")
 
 
-def test_falls_back_to_basic_when_namespaces_fail(monkeypatch):
+def test_probe_reports_basic_when_namespaces_fail(monkeypatch):
     # A namespace setup that fails inside the launcher (here: an invalid tmpfs size) must make
-    # the probe choose "basic", as on hosts that forbid unshare (Docker's seccomp profile).
+    # the probe report "basic", as on hosts that forbid unshare (Docker's seccomp profile).
     monkeypatch.setattr(sandbox, "SandboxLimits", functools.partial(SandboxLimits, tmpfs_mb=-1))
-    assert sandbox.isolation_mode.__wrapped__() == "basic"
+    mode, reason = sandbox._probe.__wrapped__()
+    assert mode == "basic" and (NATIVE != "namespace" or "namespace setup failed" in reason)
     r = sandbox._run("x = 1", ["assert x == 1"], SandboxLimits(tmpfs_mb=-1), "", "namespace")
     assert (r.passed, r.status) == (0, "error")
     if NATIVE == "namespace":
@@ -403,3 +414,153 @@ def test_namespace_mode_isolation_details():
     ]
     r = run_tests("", tests, FAST)
     assert (r.passed, r.status) == (4, "ok"), r.stderr
+
+
+# --------------------------------------------------------------------------- what the code can see
+
+
+def test_namespace_root_shows_only_what_python_needs():
+    if NATIVE != "namespace":
+        pytest.skip("namespaces are not permitted on this host")
+    allowed = {"usr", "lib", "lib64", "lib32", "libx32", "etc", "dev", "proc", "tmp"}
+    allowed |= {Path(p).parts[1] for p in (sys.base_prefix, sys.prefix)}
+    tests = [
+        f"import os\nassert set(os.listdir('/')) <= {allowed!r}, os.listdir('/')",
+        f"assert not os.path.exists({str(REPO / 'pyproject.toml')!r})",  # the trainer's tree
+        "assert not os.path.exists('/home') and not os.path.exists('/root/.bashrc')",
+        "assert sorted(os.listdir('/etc')) == sorted({'ld.so.cache', 'localtime'} & set(os.listdir('/etc')))",
+        "assert open('/dev/null', 'w').write('x') == 1 and len(open('/dev/urandom', 'rb').read(4)) == 4",
+        f"assert os.path.isdir({sys.base_prefix!r})",
+        "try:\n    open('/pwned', 'w')\nexcept OSError:\n    pass\nelse:\n    raise AssertionError('/ is writable')",
+        "import decimal, hashlib, json, unicodedata",  # extension modules load (shared libraries found)
+    ]
+    r = run_tests("", tests, FAST)
+    assert (r.passed, r.status) == (len(tests), "ok"), r.stderr
+
+
+def test_private_files_are_not_readable(mode, tmp_path, monkeypatch):
+    """0600 files of the trainer's user (a fake HOME, the real one, the working tree) stay unread."""
+    if mode == "basic" and os.geteuid() != 0:
+        pytest.skip("basic mode without root runs the code as the user: it can read the user's files (documented)")
+    token = uuid.uuid4().hex
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    places = [home / ".ssh" / "id_ed25519", home / ".netrc"]
+    real_home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    places += [d / f".wb-secret-{token}" for d in (REPO, real_home) if os.access(d, os.W_OK)]
+    code = (
+        "found = []\n"
+        f"for path in {[str(p) for p in places]!r}:\n"
+        "    try:\n"
+        "        found.append(open(path).read())\n"
+        "    except OSError:\n"
+        "        pass\n"
+    )
+    try:
+        for place in places:
+            place.write_text(f"secret-{token}")
+            place.chmod(0o600)
+        r = run_tests(code, ["assert found == []"], FAST)
+    finally:
+        for place in places:
+            place.unlink(missing_ok=True)
+    assert (r.passed, r.status) == (1, "ok"), r.stderr
+    assert token not in r.stdout + r.stderr
+
+
+UNPRIVILEGED_USER = "wb-sandbox-test"
+# Run as root: drop to UNPRIVILEGED_USER and exec pytest. Root's own directories (pyenv in /root,
+# a checkout under /root) may be closed to that user: in a private mount namespace such a
+# directory is covered by an empty tmpfs with only the interpreter and the checkout bound back.
+DRIVER = """
+import os, pwd, sys
+from workbench.rewards import sandbox as sb
+user, repo, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+entry = pwd.getpwnam(user)
+needed = sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, repo)})
+sb._check(sb._libc.unshare(sb.CLONE_NEWNS), "unshare")
+sb._mount(None, "/", None, sb.MS_REC | sb.MS_PRIVATE)
+hidden = {p: sb._first_hidden_dir(p) for p in needed}
+fds = {p: os.open(p, os.O_PATH) for p in needed if hidden[p]}
+for top in sorted({h for h in hidden.values() if h}):
+    sb._mount("tmpfs", top, "tmpfs", sb.MS_NOSUID | sb.MS_NODEV, "size=1m,mode=0755")
+for path, fd in fds.items():
+    os.makedirs(path, exist_ok=True)
+    sb._mount(f"/proc/self/fd/{fd}", path, None, sb.MS_BIND | sb.MS_REC)
+os.setgroups([])
+os.setgid(entry.pw_gid)
+os.setuid(entry.pw_uid)
+os.environ.update(HOME=entry.pw_dir, USER=user, LOGNAME=user)
+os.chdir(repo)
+if not os.access(os.path.join(repo, "tests", "test_sandbox.py"), os.R_OK):
+    sys.exit(77)
+os.execv(sys.executable, [sys.executable, "-m", "pytest", *args])
+"""
+QUICK = ("private_files or namespace_root or isolation_details or secrets or writes_outside or killing_the_parent"
+         " or sockets or common_stdlib or replaying")
+
+
+@pytest.mark.parametrize("selection", [
+    pytest.param(QUICK, id="quick"),
+    pytest.param("not unprivileged", id="full", marks=pytest.mark.slow),
+])
+def test_hostile_suite_as_unprivileged_user(selection):
+    """Without root, namespace mode keeps the user's uid: only the file view protects the user."""
+    if os.geteuid() != 0:
+        pytest.skip("not root: this run already is the unprivileged one")
+    try:
+        pwd.getpwnam(UNPRIVILEGED_USER)
+    except KeyError:
+        try:
+            subprocess.run(["useradd", "--create-home", "--shell", "/usr/sbin/nologin", UNPRIVILEGED_USER],
+                           check=True, capture_output=True, timeout=30)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            pytest.skip(f"cannot create user {UNPRIVILEGED_USER}: {exc}")
+    args = ["-q", "-rs", "-p", "no:cacheprovider", "--noconftest", "-m", "not slow",
+            "tests/test_sandbox.py", "-k", selection]
+    proc = subprocess.run([sys.executable, "-c", DRIVER, UNPRIVILEGED_USER, str(REPO), *args],
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode == 77:
+        pytest.skip(f"{UNPRIVILEGED_USER} cannot read the checkout {REPO}")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    if "namespaces are not permitted" in proc.stdout:
+        pytest.skip("unprivileged user namespaces are not permitted on this host (basic mode passed)")
+    assert " passed" in proc.stdout and " failed" not in proc.stdout
+
+
+# --------------------------------------------------------------------------- choosing the mode
+
+
+def test_unavailable_isolation_is_refused_by_default(monkeypatch):
+    from workbench.rewards.base import build_reward
+
+    monkeypatch.setattr(sandbox, "isolation_mode", lambda: "basic")  # as where unshare is forbidden
+    with pytest.raises(ConfigError, match="isolation: basic") as info:
+        sandbox.run_tests("x = 1", ["assert x == 1"])
+    assert "\n" not in str(info.value) and "not a security boundary" in str(info.value)
+    with pytest.raises(ConfigError, match="reward 'code_tests'.*isolation"):
+        build_reward("code_tests")
+    with pytest.raises(ConfigError, match="isolation must be 'namespace' or 'basic', got 'chroot'"):
+        sandbox.run_tests("x = 1", ["assert x == 1"], isolation="chroot")
+
+
+def test_basic_isolation_is_an_opt_in_that_warns_once(monkeypatch, caplog):
+    monkeypatch.setattr(sandbox, "_ANNOUNCED", set())
+    with caplog.at_level(logging.INFO, logger=sandbox.__name__):
+        results = [sandbox.run_tests("x = 1", ["assert x == 1"], isolation="basic") for _ in range(2)]
+    assert [(r.passed, r.status) for r in results] == [(1, "ok"), (1, "ok")]
+    messages = [(rec.levelno, rec.getMessage()) for rec in caplog.records if rec.name == sandbox.__name__]
+    assert len(messages) == 1 and messages[0][0] == logging.WARNING
+    assert "isolation: basic" in messages[0][1] and "not a security boundary" in messages[0][1]
+
+
+def test_code_tests_reward_records_the_isolation_mode():
+    from workbench.rewards.base import RewardPipeline, build_reward
+
+    completions, tests = ["def f():\n    return 1", "f = None"], [["assert f() == 1"]] * 2
+    isolated = 1.0 if NATIVE == "namespace" else 0.0
+    assert build_reward("code_tests", isolation=NATIVE)(completions, tests=tests) == {
+        "score": [1.0, 0.0], "namespace_isolation": [isolated, isolated]}
+    metrics = RewardPipeline([{"name": "code_tests", "isolation": "basic"}])(completions, tests=tests).metrics()
+    assert (metrics["reward/code_tests"], metrics["reward/code_tests/namespace_isolation"]) == (0.5, 0.0)

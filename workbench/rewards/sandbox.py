@@ -17,26 +17,33 @@ the harness ends or the trainer sends SIGTERM (wall-time limit), kills everythin
 candidate started before reporting the exit status. If the trainer dies, PR_SET_PDEATHSIG
 takes the launcher and the harness down with it.
 
-Isolation (detected once per process by :func:`isolation_mode`):
+Isolation (``run_tests(isolation=...)``, the ``code_tests`` reward's ``isolation`` option):
 
-* ``"namespace"`` -- new mount, network and PID namespaces (plus a user namespace when not
-  root). Network: only a loopback that is down, so no socket reaches anything. PID: the
-  harness is PID 1 of its namespace; when it exits the kernel kills every process it left
-  (fork bombs, ``setsid`` escapees), and it cannot see or signal the trainer. Files: the
-  whole tree is remounted read-only and nosuid; ``/tmp`` (the working directory, also
-  ``$HOME`` and ``$TMPDIR``) and ``/dev/shm`` are a private size-capped tmpfs that vanishes
-  with the namespace; ``/proc`` is remounted so only the sandbox's processes are visible.
-  If the interpreter lives under a directory other users cannot enter (pyenv in /root),
-  that directory is covered by an empty tmpfs with only the interpreter bound back in.
-  Capabilities are dropped. Needs Linux >= 5.12 (mount_setattr); no external tools, the
-  system calls go through ctypes.
-* ``"basic"`` -- fallback when namespaces are not permitted (e.g. Docker's default seccomp
-  profile, hosts that restrict unprivileged user namespaces): a temporary working
-  directory, and a Python audit hook that refuses sockets, ``exec``/``subprocess``/
-  ``ctypes``, signals to other processes, writes outside the working directory and reads of
-  other processes' ``/proc`` entries (without root, also ``fork``: nothing could find the
-  children later). Audit hooks are not a security boundary (C-level escapes exist), so
-  this mode is weaker; rely on it only together with the uid drop.
+* ``"namespace"`` (default) -- new mount, network and PID namespaces (plus a user namespace
+  when not root). Network: only a loopback that is down, so no socket reaches anything. PID:
+  the harness is PID 1 of its namespace; when it exits the kernel kills every process it
+  left (fork bombs, ``setsid`` escapees), and it cannot see or signal the trainer. Files: a
+  new, empty root (tmpfs, read-only, entered with pivot_root; the host's tree is detached)
+  that shows only the interpreter's prefixes (base install and venv), the shared-library
+  directories (/lib*, /usr/lib*), /etc/ld.so.cache and /etc/localtime, all read-only and
+  nosuid; /dev/null, zero, full, random, urandom; a /proc of the sandbox's own processes;
+  ``/tmp`` (the working directory, also ``$HOME`` and ``$TMPDIR``) and ``/dev/shm``, a private
+  size-capped tmpfs that vanishes with the namespace. No home directory, no checkout of the
+  trainer, no other users' data is there, so this holds also when the trainer is not root
+  and the code keeps the user's uid. Capabilities are dropped. Needs Linux >= 5.12
+  (mount_setattr); no external tools, the system calls go through ctypes. Where the host
+  cannot set this up (Docker's default seccomp profile, hosts that restrict unprivileged user
+  namespaces), ``run_tests`` raises ConfigError naming the ``isolation`` option: model-written
+  code never silently runs with less.
+* ``"basic"`` -- explicit opt-in (logged once as a warning): a temporary working directory,
+  and a Python audit hook that refuses sockets, ``exec``/``subprocess``/``ctypes``, signals to
+  other processes, writes outside the working directory and reads of other processes'
+  ``/proc`` entries (without root, also ``fork``: nothing could find the children later).
+  Audit hooks are not a security boundary (C-level escapes exist) and the whole filesystem
+  stays readable; only the uid drop (trainer running as root) keeps the user's files out of
+  reach. Without root the code runs as the user and can read whatever the user can.
+
+:func:`isolation_mode` says which mode this host can provide (probed once per process).
 
 In both modes: rlimits on CPU time, address space, processes, file size, open files and
 core dumps; ``PR_SET_NO_NEW_PRIVS``; a new session/process group; stdin is /dev/null; only
@@ -59,11 +66,12 @@ nonces from the harness's frames, or return objects whose ``__eq__`` is always t
 Catching that needs tests that compare serialised values in another process.
 
 Known limits: memory is capped per process (RLIMIT_AS), not per sandbox (no cgroups), so
-``max_processes * memory_mb`` is the worst case; without root in namespace mode, and always
-in basic mode without root, the candidate runs as the trainer's uid and can read what the
-trainer can read (the filesystem is read-only in namespace mode, so it cannot change it);
-in basic mode as root, if the interpreter lives where other users cannot read it, only the
-pre-imported ``_COMMON_MODULES`` are importable. RLIMIT_NPROC also counts threads. Linux only.
+``max_processes * memory_mb`` is the worst case; in namespace mode the code sees the venv's
+files (site-packages) and the system's library directories, read-only; a prefix that lies
+under /tmp is hidden by the private /tmp; in basic mode without root the candidate runs as
+the trainer's uid and can read what the trainer can read; in basic mode as root, if the
+interpreter lives where other users cannot read it, only the pre-imported
+``_COMMON_MODULES`` are importable. RLIMIT_NPROC also counts threads. Linux only.
 """
 from __future__ import annotations
 
@@ -71,6 +79,7 @@ import builtins
 import ctypes
 import functools
 import json
+import logging
 import math
 import os
 import resource
@@ -88,6 +97,7 @@ from dataclasses import asdict, dataclass
 # range that neither distributions nor systemd hand out).
 SANDBOX_UIDS = range(0x70000000, 0x7FFF0000)
 TAIL_BYTES = 2048
+logger = logging.getLogger(__name__)
 _SETUP_FAILED = 125  # launcher exit code: isolation could not be set up
 
 # Linux constants (<sched.h>, <sys/mount.h>, <linux/prctl.h>, <linux/mount.h>).
@@ -95,6 +105,7 @@ CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x10000000, 0x
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 4096, 16384, 1 << 18
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, AT_FDCWD, AT_RECURSIVE, SYS_MOUNT_SETATTR = 1, 2, -100, 0x8000, 442
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+MNT_DETACH = 2
 
 
 @dataclass(frozen=True)
@@ -124,9 +135,11 @@ class SandboxResult:
 
 
 def run_tests(code: str, tests: list[str], limits: SandboxLimits = SandboxLimits(),
-              setup: str = "") -> SandboxResult:
+              setup: str = "", isolation: str = "namespace") -> SandboxResult:
     """Run ``code``, then ``setup``, then each test in a sandbox and count the tests passed.
 
+    ``isolation``: ``"namespace"`` (default; raises ConfigError where this host cannot set it
+    up) or ``"basic"`` (explicit opt-in to the weaker mode, see the module docstring).
     ``status``: ``ok`` (every test ran to an outcome), ``error`` (code or setup did not
     compile or raised: no test counts; or the sandbox could not be started), ``timeout``
     (wall or CPU limit, or a test hit ``test_seconds``), ``memory`` (MemoryError under the
@@ -138,26 +151,64 @@ def run_tests(code: str, tests: list[str], limits: SandboxLimits = SandboxLimits
     values = asdict(limits)
     if values.pop("test_seconds") < 0 or min(values.values()) <= 0:  # 0 would mean "unlimited"
         raise ValueError(f"sandbox limits must be positive: {limits}")
+    mode = check_isolation(isolation)
     try:
-        return _run(code, list(tests), limits, setup, isolation_mode())
+        return _run(code, list(tests), limits, setup, mode)
     except OSError as exc:  # the host could not start a process, make a temp file, ...
         return SandboxResult(0, len(tests), "error", "", f"sandbox failed to start: {exc}")
 
 
-@functools.lru_cache(maxsize=None)
-def isolation_mode() -> str:
-    """``"namespace"`` if a trivial job runs with full namespace isolation here, else ``"basic"``.
+_ANNOUNCED: set = set()  # modes already logged by this process
 
-    Probing with the real launcher (once per process, ~0.1 s) tests exactly the code path that
-    later runs: unshare, the read-only remount, tmpfs, /proc and the uid switch.
+
+def check_isolation(isolation: str) -> str:
+    """The mode to run in for the ``isolation`` option; logs it once per process.
+
+    Model-written code never silently runs without namespaces: ``"namespace"`` where they
+    cannot be set up is a ConfigError that names the opt-in, ``isolation: basic``.
+    """
+    from workbench.registry import ConfigError  # not at module level: the launcher runs with -I
+
+    if isolation not in ("namespace", "basic"):
+        raise ConfigError(f"sandbox isolation must be 'namespace' or 'basic', got {isolation!r}")
+    if isolation == "namespace" and isolation_mode() != "namespace":
+        raise ConfigError(
+            f"sandbox isolation 'namespace' is not available on this host ({_probe()[1] or 'probe failed'}); "
+            "set 'isolation: basic' in the code_tests reward options to run model-written code with only "
+            "an audit hook and rlimits, which is not a security boundary")
+    if isolation not in _ANNOUNCED:
+        _ANNOUNCED.add(isolation)
+        if isolation == "basic":
+            logger.warning("sandbox isolation: basic (opted in): model-written code runs with an audit hook and "
+                           "rlimits only, which is not a security boundary%s",
+                           "" if os.geteuid() == 0 else ", as your own user, able to read your files")
+        else:
+            logger.info("sandbox isolation: namespace")
+    return isolation
+
+
+def isolation_mode() -> str:
+    """``"namespace"`` if a trivial job runs with full namespace isolation here, else ``"basic"``."""
+    return _probe()[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _probe() -> tuple:
+    """(mode, why namespaces failed): runs a trivial job once per process (~0.1 s).
+
+    Probing with the real launcher tests exactly the code path that later runs: unshare, the
+    new root, tmpfs, /proc and the uid switch.
     """
     if not sys.platform.startswith("linux"):
-        return "basic"
+        return "basic", f"namespaces need Linux, this is {sys.platform}"
     try:
         probe = _run("x = 1", ["assert x == 1"], SandboxLimits(), "", "namespace")
-    except OSError:
-        return "basic"
-    return "namespace" if probe.status == "ok" and probe.passed == 1 else "basic"
+    except OSError as exc:
+        return "basic", str(exc)
+    if probe.status == "ok" and probe.passed == 1:
+        return "namespace", ""
+    reason = (probe.stderr.strip().splitlines() or [f"probe status {probe.status}"])[-1]
+    return "basic", reason[:200]
 
 
 # --------------------------------------------------------------------------- trainer side
@@ -300,11 +351,12 @@ def _mount(source, target, fstype=None, flags=0, data=None) -> None:
            f"mount {target}")
 
 
-def _make_readonly(path: str) -> None:
-    """Recursively read-only + nosuid in one call (mount_setattr, Linux >= 5.12)."""
+def _make_readonly(path: str, recursive: bool = True) -> None:
+    """Read-only + nosuid in one call, with every mount below if ``recursive`` (mount_setattr,
+    Linux >= 5.12)."""
     attr = (ctypes.c_uint64 * 4)(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, 0, 0)
     ret = _libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_long(AT_FDCWD),
-                        ctypes.c_char_p(os.fsencode(path)), ctypes.c_long(AT_RECURSIVE),
+                        ctypes.c_char_p(os.fsencode(path)), ctypes.c_long(AT_RECURSIVE if recursive else 0),
                         ctypes.byref(attr), ctypes.c_long(ctypes.sizeof(attr)))
     _check(ret, f"mount_setattr {path}")
 
@@ -323,16 +375,50 @@ def _first_hidden_dir(path: str):
     return None
 
 
+def _root_contents() -> tuple:
+    """(directories, files, symlinks) the sandbox's root shows, each read-only.
+
+    Only what the interpreter needs: its prefixes (the venv and the base install, at the
+    paths ``sys.path`` names), the shared-library directories and the loader cache. Nothing
+    else -- no /home, no /root, no trainer checkout, no /etc/passwd -- exists in there.
+    """
+    dirs, links = [], {}
+    for path in ("/lib", "/lib64", "/lib32", "/libx32", "/usr/lib", "/usr/lib64", "/usr/lib32", "/usr/libx32"):
+        if os.path.islink(path):  # merged /usr: /lib -> usr/lib
+            links[path] = os.readlink(path)
+        elif os.path.isdir(path):
+            dirs.append(path)
+    venv = os.path.dirname(os.path.dirname(os.path.abspath(sys.executable)))  # sys.prefix is not it under -S
+    dirs += [os.path.abspath(p) for p in (sys.base_prefix, sys.prefix, os.path.dirname(os.__file__))]
+    dirs += [venv] if os.path.isfile(os.path.join(venv, "pyvenv.cfg")) else []
+    kept = []
+    for path in sorted(set(dirs)):  # a directory inside one already shown comes with it
+        if path != "/" and not any(path.startswith(k + "/") for k in kept):
+            kept.append(path)
+    files = [f for f in ("/etc/ld.so.cache", "/etc/localtime") if os.path.exists(f)]
+    return kept, files, links
+
+
+_DEVICES = ("null", "zero", "full", "random", "urandom")
+_OLD_ROOT = "/.old-root"  # where pivot_root parks the host's tree until the harness detaches it
+_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "ppc64": 203, "s390x": 217}
+
+
 def _enter_namespaces(job: dict) -> None:
-    """Move the launcher into new mount/net/pid namespaces and build the sandbox's file view."""
+    """Move the launcher into new mount/net/pid namespaces under a new, minimal root.
+
+    The root is a fresh tmpfs holding read-only binds of :func:`_root_contents`, a few
+    device nodes, an empty /proc (the harness mounts its own) and the private /tmp. The
+    host's tree stays reachable at ``_OLD_ROOT`` only until the harness has mounted /proc
+    (a user namespace may mount proc only while a full one is visible), then it is detached.
+    """
+    import platform
+
     rootless = os.geteuid() != 0
     uid, gid = os.getuid(), os.getgid()
-    # The dropped uid must be able to read the interpreter's prefixes; if one lies under a
-    # directory others cannot traverse (pyenv in /root, mode 0700), that directory gets an
-    # empty tmpfs with only the prefix bound back in -- which also hides the rest of it.
-    prefixes = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix)}
-    hidden = {p: _first_hidden_dir(p) for p in prefixes} if not rootless else {}
-
+    dirs, files, links = _root_contents()
+    if platform.machine() not in _PIVOT_ROOT:
+        raise OSError(0, f"pivot_root: unknown system call number on {platform.machine()}")
     _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | (CLONE_NEWUSER if rootless else 0)),
            "unshare")
     if rootless:  # map only our own uid/gid; enough for mounts inside the new user namespace
@@ -340,21 +426,43 @@ def _enter_namespaces(job: dict) -> None:
             with open(f"/proc/self/{name}", "w") as f:
                 f.write(text)
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount propagates to the host
-    _make_readonly("/")
-    handles = {p: os.open(p, os.O_PATH) for p, h in hidden.items() if h}  # before covering them
-    for top in sorted({h for h in hidden.values() if h}):
-        _mount("tmpfs", top, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
-    for prefix, fd in handles.items():
-        os.makedirs(prefix, exist_ok=True)
-        _mount(f"/proc/self/fd/{fd}", prefix, None, MS_BIND | MS_REC)
+    # Handles (in this namespace) before the staging tmpfs covers /tmp, where a prefix might live.
+    sources = {p: os.open(os.path.realpath(p), os.O_PATH) for p in dirs + files
+               + [f"/dev/{d}" for d in _DEVICES if os.path.exists(f"/dev/{d}")]}
+    new = "/tmp"  # staging mount point (only in our namespace)
+    _mount("tmpfs", new, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    for path, fd in sources.items():
+        target = new + path
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            os.makedirs(target, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
+        _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)  # MS_REC: user namespaces need it
         os.close(fd)
-    for top in sorted({h for h in hidden.values() if h}):
-        _make_readonly(top)
+        if not path.startswith("/dev/"):  # writing to /dev/null must work
+            _make_readonly(target)
+    for path, target in links.items():
+        os.symlink(target, new + path)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, f"{new}/dev/{name}")
+    for path in ("/proc", "/tmp", "/dev/shm", _OLD_ROOT):
+        os.makedirs(new + path, exist_ok=True)
     owner = job["uid"] if job["uid"] is not None else uid
-    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
+    _mount("tmpfs", new + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
            f"size={int(job['limits']['tmpfs_mb'])}m,mode=0700,uid={owner},gid={owner}")
-    if os.path.isdir("/dev/shm"):
-        _mount("/tmp", "/dev/shm", None, MS_BIND)
+    _mount(new + "/tmp", new + "/dev/shm", None, MS_BIND)
+    _check(_libc.syscall(ctypes.c_long(_PIVOT_ROOT[platform.machine()]), ctypes.c_char_p(new.encode()),
+                         ctypes.c_char_p((new + _OLD_ROOT).encode())), "pivot_root")
+    os.chdir("/")
+
+
+def _finish_root() -> None:
+    """Harness, after mounting /proc: detach the host's tree and make / read-only."""
+    _check(_libc.umount2(ctypes.c_char_p(_OLD_ROOT.encode()), ctypes.c_int(MNT_DETACH)), "umount old root")
+    os.rmdir(_OLD_ROOT)
+    _make_readonly("/", recursive=False)
 
 
 def _launcher_main() -> None:
@@ -439,6 +547,7 @@ def _harness_main(job: dict) -> None:
         os.setpgid(0, 0)  # own process group: kill(0, ...) cannot reach the launcher's group
         if job["mode"] == "namespace":  # we are PID 1: show only our namespace in /proc
             _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            _finish_root()
         os.chdir(job["workdir"])
         os.closerange(3, job["result_fd"])
         os.closerange(job["result_fd"] + 1, 1 << 16)
