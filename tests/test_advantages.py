@@ -364,3 +364,19 @@ def test_advantage_clip_bounds_advantages():
     clipped = compute_advantages(b, make_cfg(advantage="dr_grpo", advantage_clip=5.0)).advantages
     assert float(free.max()) == 75.0 and float(free.min()) == -25.0
     assert clipped.flatten().tolist() == [-5.0, -5.0, -5.0, 5.0]
+
+
+def test_reinforce_pp_defaults_to_gamma_one_and_gae_to_099():
+    # REINFORCE++ (and OpenRLHF's default) does not discount over tokens: gamma = 1 unless set
+    from workbench.config import AlgoConfig
+
+    assert AlgoConfig(advantage="reinforce_pp").gamma == 1.0
+    assert AlgoConfig(advantage="gae").gamma == 0.99 and AlgoConfig().gamma == 0.99
+    assert AlgoConfig(advantage="reinforce_pp", gamma=0.9).gamma == 0.9
+    # a 3-token completion with its outcome reward 1 on the last token: every token's reward-to-go is 1
+    batch = Batch(logp_old=torch.zeros(2, 3, dtype=F64), mask=t([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]),
+                  rewards=t([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]), dones=t([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]))
+    adv, _ = ADVANTAGES.get("reinforce_pp")(batch, AlgoConfig(advantage="reinforce_pp"))
+    # rtg = [1, 1, 1, 0, 0]: mean 0.6, unbiased std sqrt((3 * 0.16 + 2 * 0.36) / 4) = sqrt(0.3)
+    hi, lo = 0.4 / math.sqrt(0.3), -0.6 / math.sqrt(0.3)
+    assert_close(adv, t([[hi, hi, hi], [lo, lo, 0.0]]), atol=1e-6, rtol=1e-6)

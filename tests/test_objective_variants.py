@@ -21,7 +21,7 @@ def lr_of(*ratios):
 
 
 def test_cispo_caps_the_weight_but_keeps_every_gradient():
-    cfg = SimpleNamespace(epsilon=0.2, epsilon_high=2.0)
+    cfg = SimpleNamespace(epsilon=0.2, epsilon_high=None, cispo_cap=2.0)
     lr = lr_of([0.5, 1.5, 3.0])
     adv = t([1.0, -2.0, 1.0])
     loss, clipped = POLICY_LOSSES.get("cispo")(lr, adv, cfg)
@@ -131,3 +131,59 @@ def test_bad_variant_options():
         AlgoConfig(top_entropy_quantile=0.0)
     with pytest.raises(ConfigError, match="tis_cap"):
         AlgoConfig(tis_cap=-1.0)
+
+
+def test_forward_kl_gradient_is_the_analytic_forward_kl_gradient():
+    # categorical pi = softmax(theta) over 4 outcomes; the per-sample estimator's gradient,
+    # averaged exactly over outcomes drawn from pi (weights pi, held fixed as the sampler),
+    # must equal grad_theta KL(ref || pi) = -sum_x ref(x) grad log pi(x) = pi - ref.
+    theta = torch.tensor([0.3, -0.2, 1.0, 0.1], dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor([0.1, 0.4, 0.2, 0.3], dtype=torch.float64)
+    logp = torch.log_softmax(theta, dim=0)
+    per_outcome = KL_ESTIMATORS.get("forward")(logp[None], ref.log()[None])[0]  # [4]
+    expected_value = (ref * (ref.log() - logp)).sum()
+    torch.testing.assert_close((logp.exp().detach() * per_outcome).sum(), expected_value.detach())
+    (logp.exp().detach() * per_outcome).sum().backward()
+    analytic = torch.softmax(theta, 0).detach() - ref  # d/dtheta [-sum ref log softmax(theta)]
+    torch.testing.assert_close(theta.grad, analytic)
+    # the same as autograd through the exact KL
+    theta2 = theta.detach().clone().requires_grad_(True)
+    (ref * (ref.log() - torch.log_softmax(theta2, 0))).sum().backward()
+    torch.testing.assert_close(theta.grad, theta2.grad)
+
+
+def test_cispo_cap_is_its_own_option_not_epsilon_high():
+    # a DAPO-style epsilon_high=0.28 left in the config must not become the IS-weight cap
+    c = AlgoConfig(loss_type="cispo", epsilon_high=0.28)
+    assert c.cispo_cap == 5.0  # TRL's / ScaleRL's recommended cap
+    lr = lr_of([2.0, 8.0])
+    loss, clipped = POLICY_LOSSES.get("cispo")(lr, t([1.0, 1.0]), c)
+    torch.testing.assert_close(loss.detach(), t([-2.0 * math.log(2.0), -5.0 * math.log(8.0)]))
+    assert clipped.tolist() == [[0.0, 1.0]]
+    assert AlgoConfig(loss_type="cispo", cispo_cap=3.0).cispo_cap == 3.0
+    for bad in (1.0, 0.28):
+        with pytest.raises(ConfigError, match=r"algo.cispo_cap must be > 1"):
+            AlgoConfig(loss_type="cispo", cispo_cap=bad)
+
+
+def test_loss_type_conflicting_with_explicit_keys_is_an_error():
+    with pytest.raises(ConfigError, match=r"algo.loss_type=cispo .*algo.policy_loss=clip"):
+        AlgoConfig(loss_type="cispo", policy_loss="clip")
+    with pytest.raises(ConfigError, match=r"algo.loss_type=dr_grpo .*algo.loss_agg_mode=token-mean"):
+        AlgoConfig(loss_type="dr_grpo", loss_agg_mode="token-mean")
+    # keys equal to the preset, or left unset, are fine
+    c = AlgoConfig(loss_type="cispo", policy_loss="cispo", loss_agg_mode="token-mean")
+    assert (c.policy_loss, c.loss_agg_mode) == ("cispo", "token-mean")
+    assert (AlgoConfig().policy_loss, AlgoConfig().loss_agg_mode) == ("clip", "token-mean")
+    assert AlgoConfig(policy_loss="dispo").policy_loss == "dispo"
+
+
+def test_loss_type_on_the_composed_grpo_config():
+    from workbench.config import compose, validate
+
+    run = validate(compose(["experiment=gsm8k_grpo_qwen0.5b", "algo.loss_type=cispo"]))
+    assert (run.algo.policy_loss, run.algo.loss_agg_mode) == ("cispo", "token-mean")
+    run = validate(compose(["experiment=gsm8k_grpo_qwen0.5b", "algo.loss_type=dr_grpo"]))
+    assert (run.algo.policy_loss, run.algo.loss_agg_mode) == ("clip", "seq-mean-token-sum-norm")
+    with pytest.raises(ConfigError, match=r"algo.loss_type=grpo .*algo.policy_loss=cispo"):
+        validate(compose(["experiment=gsm8k_grpo_qwen0.5b", "algo.loss_type=grpo", "algo.policy_loss=cispo"]))

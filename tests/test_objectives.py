@@ -1,6 +1,7 @@
 """Objective pieces checked against numbers worked out by hand."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -153,9 +154,39 @@ def test_seq_mean_token_sum_aggregation():
     assert_close(seq_mean_token_sum(t(AGG_LOSS), t(AGG_MASK)), t(((1.0 + 2.0) + 4.0) / 2))
 
 
-def test_seq_mean_token_sum_norm_defaults_to_padded_length():
-    assert_close(seq_mean_token_sum_norm(t(AGG_LOSS), t(AGG_MASK)), t((1.0 + 2.0 + 4.0) / (2 * 3)))
-    assert_close(seq_mean_token_sum_norm(t(AGG_LOSS), t(AGG_MASK), None), t((1.0 + 2.0 + 4.0) / (2 * 3)))
+def test_seq_mean_token_sum_norm_needs_a_constant():
+    # the padded width of a minibatch changes every iteration: it is never the normaliser
+    with pytest.raises(ConfigError, match="algo.loss_agg_norm"):
+        seq_mean_token_sum_norm(t(AGG_LOSS), t(AGG_MASK))
+    with pytest.raises(ConfigError, match="algo.loss_agg_norm"):
+        seq_mean_token_sum_norm(t(AGG_LOSS), t(AGG_MASK), None)
+
+
+def test_dr_grpo_normaliser_is_the_generation_limit_whatever_the_padding():
+    # Dr.GRPO: sum of valid token losses / (rows x max generation length). The env's limit
+    # (Minibatch.max_steps) is the constant when algo.loss_agg_norm is unset; padding the
+    # minibatch wider must not change the loss.
+    cfg = obj_cfg(loss_agg_mode="seq-mean-token-sum-norm", vf_coef=0.0, ent_coef=0.0, beta=0.0)
+    adv = t([[1.0, 1.0, 0.0], [-2.0, 0.0, 0.0]])
+    mask = t(AGG_MASK)  # 3 valid tokens
+    for extra in (0, 5):
+        pad = lambda x: torch.nn.functional.pad(x, (0, extra))  # noqa: E731
+        mb = Minibatch(logp_old=pad(torch.zeros(2, 3, dtype=torch.float64)), mask=pad(mask), advantages=pad(adv),
+                       returns=None, values_old=None, ref_logp=None, policy_inputs={}, max_steps=10)
+        loss, _ = objective(PolicyOutput(logp=pad(torch.zeros(2, 3, dtype=torch.float64))), mb, cfg)
+        # ratio 1: per-token loss -A -> (-1 - 1 + 2) / (2 x 10) = 0
+        assert_close(loss, t(0.0))
+        adv2 = pad(t([[1.0, 0.5, 0.0], [3.0, 0.0, 0.0]]))
+        loss, _ = objective(PolicyOutput(logp=pad(torch.zeros(2, 3, dtype=torch.float64))),
+                            dataclasses.replace(mb, advantages=adv2), cfg)
+        assert_close(loss, t(-(1.0 + 0.5 + 3.0) / (2 * 10)))
+    # an explicit algo.loss_agg_norm wins over the env's limit
+    loss, _ = objective(PolicyOutput(logp=torch.zeros(2, 3, dtype=torch.float64)),
+                        Minibatch(logp_old=torch.zeros(2, 3, dtype=torch.float64), mask=mask,
+                                  advantages=t([[1.0, 0.5, 0.0], [3.0, 0.0, 0.0]]), returns=None, values_old=None,
+                                  ref_logp=None, policy_inputs={}, max_steps=10), obj_cfg(
+                            loss_agg_mode="seq-mean-token-sum-norm", loss_agg_norm=4.0, vf_coef=0.0, ent_coef=0.0, beta=0.0))
+    assert_close(loss, t(-(1.0 + 0.5 + 3.0) / (2 * 4)))
 
 
 def test_seq_mean_token_sum_norm_with_norm_constant():

@@ -424,3 +424,80 @@ def test_countdown_demonstrations_are_correct_equations():
     assert all(t.startswith("<think></think><answer>") for t in targets)
     scores = RewardPipeline([{"name": "countdown"}])(targets, numbers=[x["numbers"] for x in raw], target=[x["target"] for x in raw])
     assert scores.components["countdown"] == [1.0] * 8, (targets, raw)
+
+
+# ------------------------------------------------------------------ truncated completions, Dr.GRPO constant
+
+
+def test_masked_truncated_completion_keeps_its_reward_in_the_group_baseline():
+    # one group of two: "1" scores 1; the truncated "2222" scores 0 + overlong -1 (L_max 4, L_cache 1)
+    from workbench.advantages import compute_advantages
+    from workbench.config import AlgoConfig
+    from workbench.trainer import minibatches
+
+    out = make_rollout([[5], [5]], [[1], [2, 2, 2, 2]], ["1", "2222"], truncated=[False, True])
+    env = scripted_env(prompts_per_iteration=1, mask_truncated_completions=True, overlong_buffer=1)
+    batch = env.score(env.collect(ScriptedPolicy([out], max_new_tokens=4)))
+    assert last_token_rewards(batch) == [1.0, -1.0]
+    # Dr.GRPO (no std): the baseline is the mean of the true rewards, 0, not (1 + 0) / 2
+    adv = compute_advantages(batch, AlgoConfig(advantage="dr_grpo", normalize_advantages="none")).advantages
+    assert adv[0, 0] == 1.0 and adv[1, :4].tolist() == [-1.0] * 4
+    # ... and the truncated row stays out of the loss
+    mb = next(minibatches(compute_advantages(batch, AlgoConfig(advantage="dr_grpo")), "row", 1))
+    assert mb.mask.sum() == 1.0 and mb.mask.shape == (2, 4)
+    assert batch.mask.sum() == 5.0  # advantages and reward metrics see every valid token
+
+
+def test_text_batch_carries_the_generation_limit_for_dr_grpo():
+    from workbench.trainer import minibatches
+
+    out = make_rollout([[5], [5]], [[1], [2, 2]], ["1", "22"])
+    env = scripted_env(prompts_per_iteration=1)
+    batch = env.score(env.collect(ScriptedPolicy([out], max_new_tokens=8)))
+    assert batch.max_steps == 8 and batch.num_steps == 2
+    assert next(minibatches(batch.with_(advantages=torch.zeros(2, 2)), "row", 1)).max_steps == 8
+
+
+# ---------------------------------------------------------------------- EAD pairing
+
+
+def test_ead_pairing_trains_the_t1_policy_with_truncated_is():
+    # sample with the annealed schedule, train the T = 1 policy: logp_old and evaluate() are the
+    # T = 1 log-probs of the sampled tokens, rollout_logp the annealed (behaviour) ones
+    schedule = {"kind": "linear", "start": 3.0, "end": 0.5, "over_tokens": 5, "train_at_temperature_one": True}
+    p = tiny_policy(temperature_schedule=schedule)
+    assert normalize_schedule(schedule)["train_at_temperature_one"] is True
+    assert normalize_schedule({"start": 1.2, "end": 0.1, "decay": 10})["train_at_temperature_one"] is False
+    torch.manual_seed(7)
+    out = p.rollout(["1+2=", "34+5="], n=4)
+    P, T = out.prompt_length, out.completion_mask.shape[1]
+    with torch.no_grad():
+        attn = out.attention_mask
+        logits = p.model(input_ids=out.input_ids, attention_mask=attn,
+                         position_ids=(attn.cumsum(-1) - 1).clamp(min=0)).logits[:, P - 1:-1].float()
+    temps = [scheduled_temperature(normalize_schedule(schedule), t) for t in range(T)]
+    take = lambda lp: lp.gather(-1, out.completion_ids.unsqueeze(-1)).squeeze(-1) * out.completion_mask  # noqa: E731
+    annealed = take(torch.stack([torch.log_softmax(logits[:, t] / temps[t], -1) for t in range(T)], 1))
+    at_one = take(torch.log_softmax(logits, -1))
+    torch.testing.assert_close(out.rollout_logp, annealed, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.logp, at_one, atol=1e-4, rtol=0)
+    assert (out.logp - out.rollout_logp).abs().max() > 1e-2
+    inputs = {"input_ids": out.input_ids, "attention_mask": out.attention_mask,
+              "prompt_length": torch.full((out.num_rows,), P)}
+    with torch.no_grad():
+        torch.testing.assert_close(p.evaluate(inputs).logp * out.completion_mask, at_one, atol=1e-4, rtol=0)
+
+
+def test_ead_pairing_needs_a_truncated_is_cap():
+    from workbench.config import compose, validate
+
+    pairing = "+policy.temperature_schedule={start: 1.2, end: 0.5, decay: 10, train_at_temperature_one: true}"
+    with pytest.raises(ConfigError, match="train_at_temperature_one needs algo.tis_cap"):
+        validate(compose(["experiment=arithmetic_grpo_tiny", pairing]))
+    run = validate(compose(["experiment=arithmetic_grpo_tiny", pairing, "algo.tis_cap=2.0"]))
+    assert run.policy.temperature_schedule["train_at_temperature_one"] is True and run.algo.tis_cap == 2.0
+    with pytest.raises(ConfigError, match="drop policy.recompute_logp=false"):
+        tiny_policy(recompute_logp="false", temperature_schedule={"start": 1.2, "end": 0.5, "decay": 10,
+                                                                  "train_at_temperature_one": True})
+    with pytest.raises(ConfigError, match="train_at_temperature_one must be true or false"):
+        normalize_schedule({"start": 1.2, "end": 0.5, "decay": 10, "train_at_temperature_one": "yes"})

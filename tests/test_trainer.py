@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+from workbench.batch import Batch
 from workbench.config import compose, validate
 from workbench.runlog import read_metrics
 from workbench.trainer import Trainer, TrainingError, minibatches
@@ -28,11 +29,42 @@ def test_minibatches_cover_every_valid_cell_once(tmp_path):
     batch.mask[1, 10:] = 0  # padding cells must never be sampled
     seen = torch.cat([mb.logp_old.flatten() for mb in minibatches(batch, "cell", 4)])
     expected = batch.logp_old[batch.mask > 0]
-    assert seen.numel() == expected.numel() - expected.numel() % 4
-    assert set(seen.tolist()) <= set(expected.tolist())
+    assert sorted(seen.tolist()) == sorted(expected.tolist())  # every valid cell once, none dropped
     rows = list(minibatches(batch, "row", 2))
     assert [mb.mask.shape for mb in rows] == [(1, 64), (1, 64)]
     tr.env.close()
+
+
+def small_batch(rows, steps, valid=None):
+    logp = torch.arange(rows * steps, dtype=torch.float32).view(rows, steps)
+    mask = torch.ones(rows, steps) if valid is None else valid
+    return Batch(logp_old=logp, mask=mask, rewards=torch.zeros_like(logp), dones=torch.zeros_like(logp),
+                 advantages=torch.zeros_like(logp))
+
+
+def test_minibatches_use_every_sample_once_in_balanced_sizes():
+    # 10 valid cells in 4 minibatches: 3 + 3 + 2 + 2 (the old split dropped 10 % 4 = 2 of them)
+    valid = torch.ones(2, 6)
+    valid[1, 4:] = 0
+    batch = small_batch(2, 6, valid)
+    mbs = list(minibatches(batch, "cell", 4))
+    assert [mb.logp_old.numel() for mb in mbs] == [3, 3, 2, 2]
+    assert sorted(torch.cat([mb.logp_old.flatten() for mb in mbs]).tolist()) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    # 5 rows in 2 minibatches: 3 + 2; fewer samples than minibatches: one sample each
+    rows = list(minibatches(small_batch(5, 2), "row", 2))
+    assert [mb.logp_old.shape[0] for mb in rows] == [3, 2]
+    assert sorted(torch.cat([mb.logp_old[:, 0] for mb in rows]).tolist()) == [0, 2, 4, 6, 8]
+    assert [mb.logp_old.shape[0] for mb in minibatches(small_batch(3, 2), "row", 8)] == [1, 1, 1]
+
+
+def test_minibatches_unchanged_when_the_count_divides_evenly():
+    # the control demos' figures depend on these exact minibatches: contiguous slices of one permutation
+    batch = small_batch(4, 6)
+    torch.manual_seed(3)
+    order = torch.randperm(24)
+    torch.manual_seed(3)
+    got = [mb.logp_old.flatten().long() for mb in minibatches(batch, "cell", 4)]
+    assert [g.tolist() for g in got] == [order[i * 6:(i + 1) * 6].tolist() for i in range(4)]
 
 
 def test_ppo_learns_inverted_pendulum(tmp_path):

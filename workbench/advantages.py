@@ -5,9 +5,10 @@ Each estimator is a pure function ``fn(batch, cfg) -> (advantages [N, T], return
 with a history across iterations (DDPO's per-prompt statistics) is marked ``@stateful`` and is
 called as ``fn(batch, cfg, state)`` with a dict the trainer keeps and checkpoints.
 
-``group`` ids name the prompt (or start state) of each row. Group-relative estimators only
-compare rows within one batch; ``per_prompt`` also remembers rewards per id across iterations,
-so it needs ids that are stable over a run (the diffusion env uses the prompt's index).
+``group`` ids name the rows compared with each other: a prompt (or start state), or a B²
+branch trunk. Group-relative estimators only compare rows within one batch; ``per_prompt``
+remembers rewards across iterations by ``prompt_id`` (ids stable over a run; ``group`` where a
+batch has none), so two trunks of one prompt share its statistics.
 """
 from __future__ import annotations
 
@@ -135,7 +136,10 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> tor
 
 @ADVANTAGES.register("reinforce_pp")
 def reinforce_pp_estimator(batch: Batch, cfg) -> Advantages:
-    """REINFORCE++ (Hu 2025): discounted reward-to-go per step, whitened over the whole batch."""
+    """REINFORCE++ (Hu 2025): discounted reward-to-go per step, whitened over the whole batch.
+
+    ``gamma`` defaults to 1 for this estimator (AlgoConfig), REINFORCE++'s setting: an outcome
+    reward on a completion's last token reaches every token undiscounted."""
     rtg = torch.zeros_like(batch.rewards)
     running = torch.zeros_like(batch.rewards[:, 0])
     for t in range(batch.num_steps - 1, -1, -1):
@@ -160,7 +164,7 @@ def per_prompt_estimator(batch: Batch, cfg, state: Dict[str, Any]) -> Advantages
     ``stat_min_count`` rewards, and with the whole batch's before (this iteration's rewards
     are added first, as in DDPO).
     """
-    group = _require(batch, "group", "per_prompt")
+    group = batch.prompt_id if batch.prompt_id is not None else _require(batch, "group", "per_prompt")
     scores = sequence_scores(batch)
     values = scores.detach().double().cpu()
     buffers = state.setdefault("per_prompt", {})

@@ -31,18 +31,27 @@ class Batch:
     values: Optional[torch.Tensor] = None  # [N, T] critic value V(s_t) at collection
     next_values: Optional[torch.Tensor] = None  # [N, T] V(s_{t+1}); at a truncation V(final obs)
     group: Optional[torch.Tensor] = None  # [N] long, group id (prompt or start state) for group baselines
+    prompt_id: Optional[torch.Tensor] = None  # [N] long, the row's prompt, stable over a run (per-prompt statistics); None: group
     policy_inputs: Dict[str, torch.Tensor] = field(default_factory=dict)
     row_inputs: Dict[str, torch.Tensor] = field(default_factory=dict)  # [N, ...] shared by a row's steps
     advantages: Optional[torch.Tensor] = None  # [N, T] filled by the advantage estimator
     returns: Optional[torch.Tensor] = None  # [N, T] value targets, where the estimator makes them
     ref_logp: Optional[torch.Tensor] = None  # [N, T] reference log-probs, if collected
-    rollout_logp: Optional[torch.Tensor] = None  # [N, T] the sampler's own log-probs (vLLM), for TIS
+    rollout_logp: Optional[torch.Tensor] = None  # [N, T] the sampler's own log-probs (vLLM, EAD pairing), for TIS
+    # [N, T] float, 1 where a valid step enters the loss; None = every valid step. Steps it
+    # excludes (TRL's mask_truncated_completions) still count in rewards and advantages
+    # (group baselines see their true reward); the minibatches' mask is mask * loss_mask.
+    loss_mask: Optional[torch.Tensor] = None
+    # the most steps a row can have (text: the generation limit max_new_tokens), a constant
+    # across iterations unlike the padded width T; Dr.GRPO's normaliser when algo.loss_agg_norm is unset
+    max_steps: Optional[int] = None
 
     def __post_init__(self) -> None:
         shape = self.logp_old.shape
         if self.logp_old.dim() != 2:
             raise ValueError(f"Batch.logp_old must be [N, T], got {tuple(shape)}")
-        for f in ("mask", "rewards", "dones", "truncated", "values", "next_values", "advantages", "returns", "ref_logp", "rollout_logp"):
+        for f in ("mask", "rewards", "dones", "truncated", "values", "next_values", "advantages", "returns", "ref_logp", "rollout_logp",
+                  "loss_mask"):
             t = getattr(self, f)
             if t is not None and t.shape != shape:
                 raise ValueError(f"Batch.{f} has shape {tuple(t.shape)}, expected {tuple(shape)} like logp_old")
@@ -51,6 +60,8 @@ class Batch:
                 raise ValueError(f"Batch.row_inputs[{k!r}] must start with N={shape[0]}, got {tuple(v.shape)}")
         if self.group is not None and self.group.shape != shape[:1]:
             raise ValueError(f"Batch.group must be [N]={shape[0]}, got {tuple(self.group.shape)}")
+        if self.prompt_id is not None and self.prompt_id.shape != shape[:1]:
+            raise ValueError(f"Batch.prompt_id must be [N]={shape[0]}, got {tuple(self.prompt_id.shape)}")
 
     @property
     def num_rows(self) -> int:
@@ -69,7 +80,8 @@ class Batch:
 class Minibatch:
     """A slice of a Batch handed to ``policy.evaluate`` and the objective.
 
-    Row mode: tensors are [M, T]; cell mode: [M, 1] (one step per row). ``policy_inputs``
+    Row mode: tensors are [M, T]; cell mode: [M, 1] (one step per row). ``mask`` is the loss
+    mask (Batch.mask * Batch.loss_mask). ``policy_inputs``
     also holds the batch's ``row_inputs``: [M, ...] in row mode, [M, 1, ...] in cell mode (the
     row of each cell), so a policy reads both kinds alike.
     """
@@ -82,3 +94,4 @@ class Minibatch:
     ref_logp: Optional[torch.Tensor]
     policy_inputs: Dict[str, torch.Tensor]
     rollout_logp: Optional[torch.Tensor] = None
+    max_steps: Optional[int] = None  # Batch.max_steps: the constant of seq-mean-token-sum-norm

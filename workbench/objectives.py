@@ -8,6 +8,7 @@ each term aggregated over the mask with ``loss_agg_mode``. Option names follow T
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -54,10 +55,14 @@ def seq_mean_token_sum(loss: torch.Tensor, mask: torch.Tensor, norm: Optional[fl
 def seq_mean_token_sum_norm(loss: torch.Tensor, mask: torch.Tensor, norm: Optional[float] = None) -> torch.Tensor:
     """Sum over valid steps divided by rows x a constant (Dr.GRPO: the max generation length).
 
-    ``norm`` defaults to T, the padded length of the minibatch.
+    ``norm`` must be given: the objective passes ``algo.loss_agg_norm`` or else the env's
+    ``max_steps``. The padded width T is no constant (it changes with every minibatch), so it is
+    never used in its place.
     """
-    constant = float(norm) if norm else float(mask.shape[1])
-    return (loss * mask).sum() / (mask.shape[0] * constant)
+    if not norm:
+        raise ConfigError("loss_agg_mode=seq-mean-token-sum-norm needs a constant: set algo.loss_agg_norm "
+                          "(this env declares no max steps per row)")
+    return (loss * mask).sum() / (mask.shape[0] * float(norm))
 
 
 # ---------------------------------------------------------------- ratios and policy losses
@@ -116,11 +121,14 @@ def clip_loss(log_ratio: torch.Tensor, advantages: torch.Tensor, cfg) -> Tuple[t
 def cispo_loss(log_ratio: torch.Tensor, advantages: torch.Tensor, cfg) -> Tuple[torch.Tensor, torch.Tensor]:
     """CISPO (MiniMax-M1, 2025): REINFORCE with a clipped, stop-gradient importance weight.
 
-    loss = -sg(min(r, epsilon_high)) * A * log r. Every token keeps a gradient; only the weight
-    is capped (TRL: ``epsilon_high`` is the cap itself, recommended 5.0). ``log r`` stands in
-    for ``log pi``: they differ by the constant ``log pi_old``, so the gradient is the same.
+    loss = -sg(min(r, cispo_cap)) * A * log r. Every token keeps a gradient; only the weight
+    is capped. The cap has its own option (``cispo_cap`` = 1 + MiniMax-M1's eps_high^IS, > 1,
+    default 5.0 as TRL/ScaleRL recommend) rather than TRL's reuse of ``epsilon_high``, so a
+    DAPO-style ``epsilon_high=0.28`` left in a config cannot cap every weight at 0.28.
+    ``log r`` stands in for ``log pi``: they differ by the constant ``log pi_old``, so the
+    gradient is the same.
     """
-    cap = cfg.epsilon_high if cfg.epsilon_high is not None else 1.0 + cfg.epsilon
+    cap = cfg.cispo_cap
     ratio = torch.exp(log_ratio)
     weight = torch.clamp(ratio, max=cap).detach()
     return -weight * advantages * log_ratio, (ratio > cap).float()
@@ -172,9 +180,18 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 def kl_forward(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Forward KL(ref || pi) from samples of pi (RAPO, 2025): rho log rho - rho + 1 with
     rho = ref / pi. Unbiased (E_pi[rho] = 1) and non-negative; mass-covering, so it pushes the
-    policy to keep the reference's support instead of collapsing onto a mode."""
+    policy to keep the reference's support instead of collapsing onto a mode.
+
+    Differentiating that value through ``logp`` would give -E_pi[rho log rho grad log pi],
+    which is not the gradient of KL(ref || pi). The true one is -E_ref[grad log pi] =
+    E_pi[(1 - rho) grad log pi] (E_pi[grad log pi] = 0 makes the 1 a free baseline, zero
+    when pi = ref), so the returned tensor carries the value and the surrogate
+    sg(1 - rho) * logp for the gradient (its value cancels with its own stop-gradient).
+    """
     rho = torch.exp(ref_logp - logp)
-    return rho * (ref_logp - logp) - rho + 1.0
+    value = rho * (ref_logp - logp) - rho + 1.0
+    surrogate = (1.0 - rho).detach() * logp
+    return value.detach() + surrogate - surrogate.detach()
 
 
 def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float) -> torch.Tensor:
@@ -204,7 +221,8 @@ def value_loss(values: torch.Tensor, values_old: Optional[torch.Tensor], returns
 
 def objective(out: PolicyOutput, mb: Minibatch, cfg) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """The PPO/GRPO family loss for one minibatch, with metrics (detached scalars)."""
-    aggregate = LOSS_AGGREGATIONS.get(cfg.loss_agg_mode)
+    norm = cfg.loss_agg_norm if cfg.loss_agg_norm is not None else mb.max_steps  # Dr.GRPO's constant
+    aggregate = partial(LOSS_AGGREGATIONS.get(cfg.loss_agg_mode), norm=norm)
     mask = mb.mask
     lr = log_ratio(out.logp, mb.logp_old, mask, cfg.importance_sampling_level)
     pg, clipped = POLICY_LOSSES.get(cfg.policy_loss)(lr, mb.advantages, cfg)
@@ -218,17 +236,17 @@ def objective(out: PolicyOutput, mb: Minibatch, cfg) -> Tuple[torch.Tensor, Dict
         if out.entropy is None:
             raise ConfigError("algo.top_entropy_quantile < 1 needs a policy that returns per-token entropy")
         pg = pg * high_entropy_mask(out.entropy, mask, cfg.top_entropy_quantile)
-    loss = aggregate(pg, mask, cfg.loss_agg_norm)
+    loss = aggregate(pg, mask)
     metrics["loss/policy"] = loss.detach()
 
     if cfg.vf_coef > 0 and out.values is not None:
         if mb.returns is None:
             raise ConfigError(f"vf_coef > 0 but advantage '{cfg.advantage}' makes no value targets; set algo.vf_coef=0")
-        vl = aggregate(value_loss(out.values, mb.values_old, mb.returns, cfg.value_clip), mask, cfg.loss_agg_norm)
+        vl = aggregate(value_loss(out.values, mb.values_old, mb.returns, cfg.value_clip), mask)
         loss = loss + cfg.vf_coef * vl
         metrics["loss/value"] = vl.detach()
     if out.entropy is not None:
-        ent = aggregate(out.entropy, mask, cfg.loss_agg_norm)
+        ent = aggregate(out.entropy, mask)
         if cfg.ent_coef != 0:
             loss = loss - cfg.ent_coef * ent
         metrics["policy/entropy"] = ent.detach()
@@ -240,7 +258,7 @@ def objective(out: PolicyOutput, mb: Minibatch, cfg) -> Tuple[torch.Tensor, Dict
             kl = KL_ESTIMATORS.get(cfg.kl_estimator)(out.logp, ref_logp)
         else:
             raise ConfigError("algo.beta > 0 but there is no reference: set policy.reference (frozen or lora_base) or algo.beta=0")
-        kl_term = aggregate(kl, mask, cfg.loss_agg_norm)
+        kl_term = aggregate(kl, mask)
         loss = loss + cfg.beta * kl_term
         metrics["loss/kl_ref"] = kl_term.detach()
 

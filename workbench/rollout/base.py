@@ -12,9 +12,10 @@ from workbench.registry import ConfigError
 # keys of SamplingConfig.temperature_schedule, with their defaults (None: required)
 SCHEDULE_KINDS = ("ead", "linear")
 _SCHEDULE_KEYS = {
-    "ead": {"kind": "ead", "start": None, "end": None, "decay": None, "hold_tokens": 0, "hold_temperature": 1.0},
+    "ead": {"kind": "ead", "start": None, "end": None, "decay": None, "hold_tokens": 0, "hold_temperature": 1.0,
+            "train_at_temperature_one": False},
     "linear": {"kind": "linear", "start": None, "end": None, "over_tokens": None, "hold_tokens": 0,
-               "hold_temperature": 1.0},
+               "hold_temperature": 1.0, "train_at_temperature_one": False},
 }
 
 
@@ -38,8 +39,15 @@ class SamplingConfig:
     #       the paper's "c" for chat-template tokens.
     # ``kind`` defaults to ead. start == end gives plain sampling at that temperature. The
     # paper's step-dependent decay d_s = min(d_0 + 5 s, 40000) is not built in (set ``decay``).
-    # Log-probs (rollout and training recomputation) must divide the logits of completion
-    # position t by T(t): see :func:`position_temperatures`.
+    # Which policy is trained (``train_at_temperature_one``):
+    #   false (default): the annealed distribution itself. Rollout and training log-probs both
+    #       divide the logits of completion position t by T(t) (:func:`position_temperatures`),
+    #       so training is on-policy: ratio 1 on the first epoch, no IS weight, no cap to tune.
+    #   true: the paper's pairing. Tokens are sampled with the schedule (their annealed
+    #       log-probs are kept as ``rollout_logp``, the behaviour policy), but the trained policy,
+    #       ``logp_old`` and the reference are at T = 1 (:func:`training_logits`); the objective
+    #       corrects with the truncated IS weight min(pi_1 / pi_EAD, algo.tis_cap), which
+    #       must then be set. The T = 1 model is the one evaluated and deployed.
     temperature_schedule: Optional[Dict[str, Any]] = None
 
     def __post_init__(self) -> None:
@@ -70,8 +78,11 @@ def normalize_schedule(schedule: Dict[str, Any]) -> Dict[str, Any]:
     missing = [k for k, v in out.items() if v is None]
     if missing:
         raise ConfigError(f"temperature_schedule (kind {kind}) needs {', '.join(missing)}")
+    if not isinstance(out["train_at_temperature_one"], bool):
+        raise ConfigError(f"temperature_schedule.train_at_temperature_one must be true or false, "
+                          f"got {out['train_at_temperature_one']!r}")
     for key in out:
-        if key != "kind":
+        if key not in ("kind", "train_at_temperature_one"):
             try:
                 out[key] = float(out[key]) if key not in ("hold_tokens",) else int(out[key])
             except (TypeError, ValueError):
@@ -208,6 +219,21 @@ def scale_logits(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor
     if sampling.temperature > 0:
         return logits / sampling.temperature
     return logits
+
+
+def trains_at_temperature_one(sampling: SamplingConfig) -> bool:
+    """True when ``sampling`` samples with a schedule but the trained policy is the T = 1 one
+    (EAD pairing, ``temperature_schedule.train_at_temperature_one``)."""
+    schedule = sampling.temperature_schedule
+    return schedule is not None and bool(normalize_schedule(schedule)["train_at_temperature_one"])
+
+
+def training_logits(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
+    """[B, T, V] completion logits of the trained policy: those of the sampler
+    (:func:`scale_logits`), except under EAD pairing, where the trained policy is at T = 1."""
+    if trains_at_temperature_one(sampling):
+        return logits
+    return scale_logits(logits, sampling)
 
 
 def completion_mask_from_eos(completion_ids: torch.Tensor, eos_ids: List[int]) -> torch.Tensor:
