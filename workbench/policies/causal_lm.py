@@ -19,7 +19,7 @@ from workbench.environment import EnvSpec
 from workbench.objectives import PolicyOutput
 from workbench.policies.base import Policy
 from workbench.registry import ConfigError, POLICIES
-from workbench.rollout.base import SamplingConfig, TokenRollout, normalize_schedule, scale_logits
+from workbench.rollout.base import SamplingConfig, TokenRollout, normalize_schedule, trains_at_temperature_one, training_logits
 
 CORE_INPUTS = ("input_ids", "attention_mask", "prompt_length")
 
@@ -48,7 +48,10 @@ class CausalLMPolicy(Policy):
         model: Optional[str] = None  # hub id or local path for from_pretrained
         model_config: Optional[Dict[str, Any]] = None  # or a config dict ({model_type: qwen2, ...}): random init
         tokenizer: Optional[str] = None  # default: the model's; "char" builds a character tokenizer in code
-        dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16
+        # dtype of the weights that do not train (the frozen reference, the base under LoRA) and of
+        # the vLLM engine's copy: auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16. Trained
+        # weights are always float32 masters; bf16 compute comes from the run's precision (autocast)
+        dtype: str = "auto"
         lora: Optional[Dict[str, Any]] = None  # peft LoraConfig fields, e.g. {r: 16, lora_alpha: 32, target_modules: all-linear}
         reference: str = "none"  # none | frozen (copy of the initial weights) | lora_base (adapters disabled)
         chat_template: bool = False  # wrap each prompt as a user message with the tokenizer's chat template
@@ -82,6 +85,10 @@ class CausalLMPolicy(Policy):
                 normalize_schedule(dict(self.temperature_schedule))
                 if self.backend == "vllm":
                     raise ConfigError("policy.temperature_schedule is supported by the hf backend only (vLLM would ignore it)")
+                if normalize_schedule(dict(self.temperature_schedule))["train_at_temperature_one"] \
+                        and str(self.recompute_logp).lower() == "false":
+                    raise ConfigError("policy.temperature_schedule.train_at_temperature_one needs the T = 1 log-probs "
+                                      "recomputed: drop policy.recompute_logp=false")
             self.recompute_logp = str(self.recompute_logp).lower()
             if self.recompute_logp not in ("auto", "true", "false"):
                 raise ConfigError(f"policy.recompute_logp={self.recompute_logp!r} is not valid; valid choices: auto, true, false")
@@ -92,12 +99,14 @@ class CausalLMPolicy(Policy):
         super().__init__()
         self.cfg = cfg
         self.tokenizer = self._load_tokenizer(cfg)
-        self.model = self._load_model(cfg, len(self.tokenizer))
+        self.frozen_dtype = self._frozen_dtype(cfg)
+        # full fine-tuning loads float32 (the trained weights); LoRA loads its frozen base in frozen_dtype
+        self.model = self._load_model(cfg, len(self.tokenizer), self.frozen_dtype if cfg.lora else torch.float32)
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.reference = None
         if cfg.reference == "frozen":
-            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.reference = copy.deepcopy(self.model).to(self.frozen_dtype).eval().requires_grad_(False)
         if cfg.lora:
             from peft import LoraConfig, get_peft_model
 
@@ -105,6 +114,9 @@ class CausalLMPolicy(Policy):
                 self.model = get_peft_model(self.model, LoraConfig(task_type="CAUSAL_LM", **cfg.lora))
             except TypeError as e:
                 raise ConfigError(f"policy.lora: {e}") from None
+        for p in self.model.parameters():
+            if p.requires_grad:  # fp32 masters: Adam's lr-1e-6 steps vanish in bf16 (rounding step ~1e-4 at 0.02)
+                p.data = p.data.float()
         self.eos_ids = self._eos_ids()
         self.sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, cfg.temperature_schedule)
         self._backend = None
@@ -130,12 +142,16 @@ class CausalLMPolicy(Policy):
         return tok
 
     @staticmethod
-    def _load_model(cfg, vocab_size: int):
-        from transformers import AutoConfig, AutoModelForCausalLM
-
+    def _frozen_dtype(cfg) -> torch.dtype:
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(cfg.dtype)
         if dtype is None:
             dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        return dtype
+
+    @staticmethod
+    def _load_model(cfg, vocab_size: int, dtype: torch.dtype):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
         if cfg.model_config is not None:
             options = dict(cfg.model_config)
             model_type = options.pop("model_type", None)
@@ -197,9 +213,14 @@ class CausalLMPolicy(Policy):
         return out
 
     def _needs_recompute(self) -> bool:
+        if trains_at_temperature_one(self.sampling):
+            return True  # EAD pairing: rollout_logp is the annealed behaviour, logp_old the T = 1 policy
         if self.cfg.recompute_logp != "auto":
             return self.cfg.recompute_logp == "true"
-        return not (self.cfg.backend == "hf" and next(self.model.parameters()).dtype == torch.float32)
+        # the hf sampler is this very model; in float32 (no autocast, no bf16 weights) its
+        # cached generation and the training forward agree to ~1e-7
+        fp32 = not torch.is_autocast_enabled(self.device.type) and all(p.dtype == torch.float32 for p in self.model.parameters())
+        return not (self.cfg.backend == "hf" and fp32)
 
     def _recompute(self, out: TokenRollout, reference: bool) -> torch.Tensor:
         chunks = []
@@ -245,7 +266,7 @@ class CausalLMPolicy(Policy):
             model = self.reference if reference else self.model
             logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, **extra).logits
         logits = logits[:, P - 1:-1]
-        logits = scale_logits(logits, self.sampling)  # the temperatures the sampler used
+        logits = training_logits(logits, self.sampling)  # the sampler's temperatures (T = 1 under EAD pairing)
         return token_logprobs(logits, ids[:, P:], with_entropy)
 
     def evaluate(self, policy_inputs: Dict[str, torch.Tensor]) -> PolicyOutput:
