@@ -14,6 +14,7 @@ collect stores whatever tensors the policy says it saw, per key.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -104,6 +105,13 @@ def _success(final_info: Dict[str, Any], i: int) -> float:
     return float(final_info["is_success"][i])
 
 
+def bad_options(env_id: str, kwargs: Dict[str, Any], e: Exception) -> ConfigError:
+    """The one-line error for ``env.kwargs`` an env failed on (at creation or its first reset)."""
+    reason = str(e).splitlines()[0] if str(e) else ""
+    return ConfigError(f"env.kwargs {kwargs} made env.id={env_id!r} fail ({type(e).__name__}: {reason}); "
+                       f"fix or drop the option")
+
+
 def make_env(env_id: str, index: int, kwargs: Dict[str, Any], render_mode: Optional[str] = None,
              pixels: Optional[PixelConfig] = None, frame_stack: int = 1, **render_kwargs):
     if pixels is not None and pixels.width:  # the render is the observation (and the video)
@@ -112,9 +120,15 @@ def make_env(env_id: str, index: int, kwargs: Dict[str, Any], render_mode: Optio
     def thunk() -> gym.Env:
         try:
             env = gym.make(env_id, render_mode=render_mode, **kwargs, **render_kwargs)
+        except ConfigError:
+            raise
         except (gym.error.Error, TypeError) as e:
+            if kwargs and isinstance(e, TypeError) and not (pixels is not None and pixels.width):
+                raise bad_options(env_id, kwargs, e) from None  # an option name the env does not take
             hint = "; env.pixels needs a MuJoCo env" if pixels is not None and pixels.width else ""
             raise ConfigError(f"env.id={env_id!r}: {e}{hint}") from None
+        except Exception as e:  # an option the env accepted by name but cannot use (a bad file, frame_skip=0)
+            raise bad_options(env_id, kwargs, e) from None
         if pixels is not None and pixels.width:
             env = RenderedPixels(env, pixels.state)
         if isinstance(env.observation_space, gym.spaces.Dict) and "pixels" in env.observation_space.spaces:
@@ -222,7 +236,17 @@ class GymControlEnv(Environment):
         if not isinstance(space, gym.spaces.Box):
             raise ConfigError(f"env '{cfg.id}' has action space {space}; gym_control needs a Box")
         self.low, self.high = space.low, space.high
-        self.obs, _ = self.vec.reset(seed=seed)
+        try:
+            with warnings.catch_warnings(record=True) as caught:  # async workers report errors as warnings
+                warnings.simplefilter("always")
+                self.obs, _ = self.vec.reset(seed=seed)
+            for w in caught:  # it worked: pass on what the envs had to say
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        except Exception as e:  # an env option that only fails once the env runs (a bad value type)
+            self.vec.close()
+            if not cfg.kwargs or isinstance(e, ConfigError):
+                raise
+            raise bad_options(cfg.id, dict(cfg.kwargs), e) from None
         self.steps_per_collect = cfg.num_envs * cfg.rollout_steps
         self.scaler = ReturnScaler(cfg.num_envs, cfg.reward_gamma, cfg.clip_reward) if cfg.normalize_reward else None
         self.ep_return = np.zeros(cfg.num_envs)

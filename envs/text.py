@@ -48,7 +48,9 @@ class TextEnv(Environment):
         # forgets to carry), to study RL repairing imperfect SFT data; 0 = all demonstrations correct
         demonstration_flaw_rate: float = 0.0
         failure_score: float = 0.0  # reward of a sample whose reward function raised
-        mask_truncated_completions: bool = False  # TRL: no gradient from completions cut by max_new_tokens
+        # TRL: no gradient from completions cut by max_new_tokens (Batch.loss_mask); their true
+        # reward still counts in the group baselines and the reward metrics
+        mask_truncated_completions: bool = False
         eval_size: int = 200
         # DAPO soft overlong punishment (Yu et al. 2025, "DAPO", sec. 3.4). overlong_buffer =
         # L_cache in tokens, 0 (default) = off; L_max = the policy's max_new_tokens, read at
@@ -175,8 +177,9 @@ class TextEnv(Environment):
     def _to_batch(self, out: TokenRollout, num_groups: int) -> Batch:
         """The Batch of ``num_groups`` consecutive groups of ``group_size`` rows."""
         mask = out.completion_mask
+        loss_mask = None
         if self.cfg.mask_truncated_completions:
-            mask = mask * (~out.truncated).float().unsqueeze(1)
+            loss_mask = (~out.truncated).float().unsqueeze(1).expand_as(mask).contiguous()
         N = mask.shape[0]
         lengths = out.completion_mask.sum(1).long()
         dones = torch.zeros_like(mask)
@@ -195,6 +198,8 @@ class TextEnv(Environment):
             group=torch.arange(num_groups, device=mask.device).repeat_interleave(self.cfg.group_size),
             ref_logp=out.ref_logp,
             rollout_logp=out.rollout_logp,  # for algo.tis_cap when the sampler is not the trained model
+            loss_mask=loss_mask,
+            max_steps=self._max_new_tokens,  # the generation limit: Dr.GRPO's constant normaliser
             policy_inputs={
                 "input_ids": out.input_ids,
                 "attention_mask": out.attention_mask,

@@ -83,10 +83,20 @@ class Dataset:
     def __init__(self, path: str, question_field: str = "question", answer_field: str = "answer",
                  answer_delimiter: Optional[str] = "####", eval_fraction: float = 0.1, eval_path: Optional[str] = None,
                  config_name: Optional[str] = None, split: str = "train", eval_split: Optional[str] = None) -> None:
+        from pathlib import Path
+
+        if Path(path).exists() and eval_split and not eval_path:
+            raise ConfigError(f"env.task_kwargs.eval_split={eval_split!r} names a hub split, but {path} is a local file: give "
+                              f"the held-out file as env.task_kwargs.eval_path=FILE, or set env.task_kwargs.eval_split=null "
+                              f"to hold out the first eval_fraction of its rows")
         fields = (question_field, answer_field, answer_delimiter, config_name)
-        self.train = self._load(path, split, *fields)
+        self.train = self._load(path, split, *fields, what="env.task_kwargs.path")
         if eval_path or eval_split:
-            self.held_out = self._load(eval_path or path, eval_split or "train", *fields)
+            self.held_out = self._load(eval_path or path, eval_split or "train", *fields, what="env.task_kwargs.eval_path")
+            held = {x["question"] for x in self.held_out}
+            if all(x["question"] in held for x in self.train):
+                raise ConfigError(f"every row of {path} is also in the held-out set ({eval_path or path}); give "
+                                  f"env.task_kwargs.eval_path a separate file of held-out rows")
         else:
             cut = max(1, int(len(self.train) * eval_fraction))
             self.held_out, self.train = self.train[:cut], self.train[cut:]
@@ -94,31 +104,38 @@ class Dataset:
             raise ConfigError(f"dataset '{path}' has too few rows to split off an evaluation set")
 
     @staticmethod
-    def _load(path: str, split: str, q: str, a: str, delimiter: Optional[str], config_name: Optional[str]) -> List[Dict[str, Any]]:
+    def _load(path: str, split: str, q: str, a: str, delimiter: Optional[str], config_name: Optional[str],
+              what: str) -> List[Dict[str, Any]]:
         from pathlib import Path
 
-        import datasets
-
         if Path(path).exists():
-            kind = "parquet" if path.endswith(".parquet") else "json"
-            rows = datasets.load_dataset(kind, data_files=path, split="train")
-        elif path.endswith((".jsonl", ".json", ".parquet")) or path.startswith((".", "/")):
-            raise ConfigError(f"dataset file not found: {path}")
+            from envs.datafiles import read_rows
+
+            rows = read_rows(Path(path), what, q)
+        elif path.endswith((".jsonl", ".json", ".csv", ".parquet")) or path.startswith((".", "/")):
+            raise ConfigError(f"{what}: dataset file not found: {path}")
         else:
+            import datasets
+
             try:
-                rows = datasets.load_dataset(path, config_name, split=split)
+                table = datasets.load_dataset(path, config_name, split=split)
             except Exception as e:  # offline, unknown name, bad split: one clear line
                 raise ConfigError(f"cannot load dataset '{path}' (split {split}): {str(e).splitlines()[0]}") from None
-        missing = [f for f in (q, a) if f not in rows.column_names]
-        if missing:
-            raise ConfigError(f"dataset '{path}' has no column(s) {missing}; columns: {rows.column_names}")
+            missing = [f for f in (q, a) if f not in table.column_names]
+            if missing:
+                raise ConfigError(f"dataset '{path}' has no column(s) {missing}; columns: {table.column_names}")
+            rows = [(f"row {i}", row) for i, row in enumerate(table)]
         items = []
-        for i, row in enumerate(rows):
+        for where, row in rows:
+            for key in (q, a):
+                if row.get(key) is None:
+                    raise ConfigError(f"{path} {where} has no '{key}' (it has {sorted(row)}); every row needs a text "
+                                      f"'{q}' and a non-empty '{a}' (env.task_kwargs.question_field / answer_field)")
             answer = str(row[a])
             if delimiter and delimiter in answer:
                 answer = answer.split(delimiter)[-1].strip()
             if not isinstance(row[q], str) or not answer:
-                raise ConfigError(f"dataset '{path}' row {i}: malformed sample (needs a text '{q}' and a non-empty '{a}')")
+                raise ConfigError(f"{path} {where}: malformed sample (needs a text '{q}' and a non-empty '{a}')")
             extra = {k: v for k, v in row.items() if k not in (q, a)}
             items.append({**extra, "question": row[q], "answer": answer})
         return items

@@ -18,7 +18,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from workbench.registry import ConfigError
+
 FORMAT = "workbench-checkpoint-v1"
+
+
+class CheckpointError(ConfigError):
+    """A file that is not a readable workbench checkpoint (another format, or a truncated copy)."""
+
 _NAME = re.compile(r"ckpt_(\d+)\.safetensors$")
 
 
@@ -82,11 +89,22 @@ def load(path: Path) -> Dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # SafetensorError (not safetensors, truncated header), OSError
+        raise CheckpointError(f"{path} is not a readable workbench checkpoint ({_reason(e)})") from None
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a workbench checkpoint (format {meta.get('format')!r})")
-    return _unflatten(json.loads(meta["state"]), load_file(str(path)))
+        raise CheckpointError(f"{path} is not a workbench checkpoint (format {meta.get('format')!r})")
+    try:
+        return _unflatten(json.loads(meta["state"]), load_file(str(path)))
+    except Exception as e:  # a truncated copy: the header reads, the tensors do not
+        raise CheckpointError(f"{path} is not a readable workbench checkpoint ({_reason(e)})") from None
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text.removeprefix("Error while deserializing header: ")
 
 
 def checkpoint_path(directory: Path, iteration: int) -> Path:

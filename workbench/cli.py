@@ -1,4 +1,4 @@
-"""The ``workbench`` command: train, eval, list, bench.
+"""The ``workbench`` command: train, eval, export, list, bench.
 
 User mistakes (unknown key, bad value, missing run directory) end with one line on stderr
 and exit code 2, never a traceback.
@@ -33,6 +33,7 @@ def _split_resume(overrides: List[str]) -> tuple[Optional[str], List[str]]:
 def build_run(overrides: List[str]):
     """(RunConfig, run_dir, resuming) from command-line overrides."""
     from workbench import config
+    from workbench.runlog import lock_run_dir
 
     resume, rest = _split_resume(overrides)
     if resume:
@@ -40,26 +41,41 @@ def build_run(overrides: List[str]):
         if not run_dir.is_dir():
             raise ConfigError(f"resume={resume}: no such run directory")
         run = config.load_saved(run_dir, rest)
+        _report_changes(run_dir, config.changed_keys(config.load_saved(run_dir, []), run))
+        lock_run_dir(run_dir)
         run.resume = str(run_dir)
         return run, run_dir, True
     run = config.validate(config.compose(rest))
     run_dir = Path(run.run_dir) if run.run_dir else Path("runs") / f"{run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    lock_run_dir(run_dir)  # a second writer is refused here, before it reads or writes anything
     if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
         raise ConfigError(f"run_dir {run_dir} already holds checkpoints; continue it with resume={run_dir}")
     return run, run_dir, False
 
 
+def _report_changes(run_dir: Path, changes: list) -> None:
+    """One line naming the settings a resume changes (extending total_steps is the usual one)."""
+    if changes:
+        parts = [f"{k} {old} -> {new}" + (" (extends the run)" if k == "total_steps" and new > old else "")
+                 for k, old, new in changes]
+        print(f"resume={run_dir} changes the saved config: {', '.join(parts)}", file=sys.stderr)
+
+
 def cmd_train(args) -> int:
+    from workbench.runlog import release_run_dir
     from workbench.trainer import Trainer
 
     run, run_dir, resuming = build_run(args.overrides)
-    trainer = Trainer(run, run_dir)
-    if resuming:
-        trainer.resume()
-        print(f"resuming {run_dir} at step {trainer.step:,}", file=sys.stderr)
-    else:
-        print(f"run directory: {run_dir}", file=sys.stderr)
-    final = trainer.train()
+    try:
+        trainer = Trainer(run, run_dir)
+        if resuming:
+            trainer.resume()
+            print(f"resuming {run_dir} at step {trainer.step:,}", file=sys.stderr)
+        else:
+            print(f"run directory: {run_dir}", file=sys.stderr)
+        final = trainer.train()
+    finally:
+        release_run_dir(run_dir)
     if final and "eval/accuracy" in final:
         print(f"final eval: accuracy {final['eval/accuracy']:.3f} over {int(final['eval/episodes'])} held-out items", file=sys.stderr)
     elif final:
@@ -74,7 +90,7 @@ def cmd_train(args) -> int:
 
 def cmd_sft(args) -> int:
     """Supervised fine-tuning only: the run directory can then start RL with init_from=RUN_DIR."""
-    from workbench.runlog import RunLogger, plot_learning_curve
+    from workbench.runlog import RunLogger, plot_learning_curve, release_run_dir
     from workbench.trainer import Trainer
 
     run, run_dir, _ = build_run(args.overrides)
@@ -95,6 +111,7 @@ def cmd_sft(args) -> int:
     finally:
         logger.close()
         trainer.env.close()
+        release_run_dir(run_dir)  # held since build_run
     plot_learning_curve(run_dir, title=f"{run.name} (SFT)")
     print(f"start RL from it with: workbench train ... init_from={run_dir}", file=sys.stderr)
     return 0
@@ -144,6 +161,16 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """Write a run's trained policy where its own library loads it (see workbench.export)."""
+    from workbench.export import export_run
+
+    lora = "merge" if args.merge_lora else "adapter" if args.adapter else None
+    info = export_run(Path(args.run_dir), Path(args.out), args.checkpoint, lora, args.force)
+    print(f"{info['checkpoint']} -> {args.out} ({info['format']}); load with: {info['load']}")
+    return 0
+
+
 def cmd_list(args) -> int:
     from workbench import plugins, registry
     import workbench.schedules  # noqa: F401
@@ -187,6 +214,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--k", type=int, default=1, help="text envs: also sample k answers per item for mean@k and pass@k (k <= 64)")
     p.set_defaults(fn=cmd_eval)
+    p = sub.add_parser("export", help="write a run's trained policy as a transformers / diffusers / safetensors folder")
+    p.add_argument("run_dir")
+    p.add_argument("out")
+    p.add_argument("--checkpoint", default=None, help="a specific checkpoint file (default: the newest)")
+    lora = p.add_mutually_exclusive_group()
+    lora.add_argument("--merge-lora", action="store_true", help="fold LoRA adapters into full weights")
+    lora.add_argument("--adapter", action="store_true", help="write the LoRA adapter alone (peft / diffusers LoRA format)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists and is not empty")
+    p.set_defaults(fn=cmd_export)
     p = sub.add_parser("list", help="registered envs, policies, algorithms, rewards, benchmarks and experiments")
     p.set_defaults(fn=cmd_list)
     p = sub.add_parser("bench", help="benchmark against a peer; --json ends with one JSON line of figures")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from workbench.registry import (
@@ -34,7 +34,9 @@ def _choice(value: Any, choices, key: str) -> None:
 
 # TRL's GRPOConfig.loss_type names -> (policy_loss, loss_agg_mode). DAPO and CISPO normalise by
 # the tokens of the whole batch in TRL; here token-mean is over the minibatch, the same thing
-# when num_minibatches is 1. Dr.GRPO divides by rows x loss_agg_norm (set it to the max length).
+# when num_minibatches is 1. Dr.GRPO divides by rows x a constant: loss_agg_norm, or by default
+# the env's generation limit (Batch.max_steps = policy.max_new_tokens for text).
+# A preset never overrides an explicit policy_loss / loss_agg_mode: a different one is an error.
 LOSS_TYPES = {
     "grpo": ("clip", "seq-mean-token-mean"),
     "bnpo": ("clip", "token-mean"),
@@ -54,12 +56,13 @@ class AlgoConfig:
     advantage_clip: Optional[float] = None  # clamp advantages to [-c, c] (DDPO / Flow-GRPO: 5)
     stat_buffer_size: int = 32  # per_prompt: rewards remembered per prompt (DDPO: 16-32)
     stat_min_count: int = 16  # per_prompt: below this many, normalise by the batch instead
-    gamma: float = 0.99
+    gamma: Optional[float] = None  # discount; unset: 0.99 (CleanRL GAE), but 1.0 for reinforce_pp (REINFORCE++ / OpenRLHF)
     gae_lambda: float = 0.95
     scale_rewards: str = "group"  # grpo: divide by group | batch std, or none (TRL)
     normalize_advantages: str = "minibatch"  # minibatch (CleanRL norm_adv) | batch | none
     loss_type: Optional[str] = None  # TRL preset, sets policy_loss + loss_agg_mode: grpo | bnpo | dr_grpo | dapo | cispo | dispo
-    policy_loss: str = "clip"  # clip (PPO/GRPO) | cispo (MiniMax-M1) | dispo
+    policy_loss: Optional[str] = None  # clip (PPO/GRPO; default) | cispo (MiniMax-M1) | dispo
+    cispo_cap: float = 5.0  # cispo: cap on the IS weight, > 1 (1 + MiniMax-M1's eps_high^IS; TRL/ScaleRL recommend 5)
     epsilon: float = 0.2  # PPO clip range (lower side)
     epsilon_high: Optional[float] = None  # upper clip; DAPO clip-higher uses 0.28
     dual_clip: Optional[float] = None  # Ye et al. 2020 dual clip constant c > 1
@@ -70,8 +73,8 @@ class AlgoConfig:
     top_entropy_quantile: float = 1.0  # train only on the top-rho entropy tokens (Wang et al. 2025; 0.2 in the paper)
     tis_cap: Optional[float] = None  # truncated IS weight cap for sampler/trainer mismatch (e.g. vLLM; 2.0-3.0)
     importance_sampling_level: str = "token"  # token | sequence (GSPO)
-    loss_agg_mode: str = "token-mean"
-    loss_agg_norm: Optional[float] = None  # constant for seq-mean-token-sum-norm (Dr.GRPO)
+    loss_agg_mode: Optional[str] = None  # token-mean (default) | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
+    loss_agg_norm: Optional[float] = None  # constant of seq-mean-token-sum-norm (Dr.GRPO); unset: the env's max steps per row
     vf_coef: float = 0.5
     value_clip: Optional[float] = 0.2  # clipped value loss range; null disables
     ent_coef: float = 0.0
@@ -87,9 +90,11 @@ class AlgoConfig:
     target_kl: Optional[float] = None  # stop the epoch loop when approx KL > 1.5 * target_kl
 
     def __post_init__(self) -> None:
-        if self.loss_type is not None:
-            _choice(self.loss_type, list(LOSS_TYPES), "algo.loss_type")
-            self.policy_loss, self.loss_agg_mode = LOSS_TYPES[self.loss_type]
+        self._apply_loss_type()
+        if self.gamma is None:
+            self.gamma = 1.0 if self.advantage == "reinforce_pp" else 0.99
+        if not self.cispo_cap > 1:
+            raise ConfigError(f"algo.cispo_cap must be > 1 (it caps the IS weight; TRL recommends 5.0), got {self.cispo_cap}")
         if not 0 < self.top_entropy_quantile <= 1:
             raise ConfigError(f"algo.top_entropy_quantile must lie in (0, 1], got {self.top_entropy_quantile}")
         if self.tis_cap is not None and self.tis_cap <= 0:
@@ -117,6 +122,22 @@ class AlgoConfig:
             raise ConfigError("algo.stat_buffer_size >= 1 and 1 <= algo.stat_min_count <= algo.stat_buffer_size are required")
         if self.update_epochs < 1 or self.num_minibatches < 1:
             raise ConfigError("algo.update_epochs and algo.num_minibatches must be >= 1")
+        if self.loss_agg_norm is not None and not self.loss_agg_norm > 0:
+            raise ConfigError(f"algo.loss_agg_norm must be > 0, got {self.loss_agg_norm}")
+
+    def _apply_loss_type(self) -> None:
+        """Fill policy_loss / loss_agg_mode from the ``loss_type`` preset, or their defaults;
+        an explicit value that differs from the preset is a conflict, not silently replaced."""
+        preset = (None, None)
+        if self.loss_type is not None:
+            _choice(self.loss_type, list(LOSS_TYPES), "algo.loss_type")
+            preset = LOSS_TYPES[self.loss_type]
+        for key, wanted, default in zip(("policy_loss", "loss_agg_mode"), preset, ("clip", "token-mean")):
+            given = getattr(self, key)
+            if given is not None and wanted is not None and given != wanted:
+                raise ConfigError(f"algo.loss_type={self.loss_type} sets {key}={wanted} but algo.{key}={given} is given; "
+                                  f"drop one of the two keys")
+            setattr(self, key, given or wanted or default)
 
 
 @dataclass
@@ -211,11 +232,68 @@ def validate(cfg: DictConfig) -> RunConfig:
     run.algo = _to_dataclass(AlgoConfig, cfg.get("algo") or {}, "algo")
     run.env = _validate_section(cfg.get("env"), ENVS, "env")
     run.policy = _validate_section(cfg.get("policy"), POLICIES, "policy")
+    _check_ead_pairing(run)
+    _check_groups(run)
     return run
 
 
+# advantage estimators that compare the samples of one group: a group of one gives advantage 0
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")
+
+
+def _check_groups(run: RunConfig) -> None:
+    """A group estimator on groups of one trains on all-zero advantages without a word: refuse it."""
+    group_size = getattr(run.env, "group_size", None)  # envs that sample groups (text, diffusion) declare it
+    if run.algo.advantage in GROUP_ESTIMATORS and group_size == 1:
+        raise ConfigError(f"algo.advantage={run.algo.advantage} compares the samples of a group, but env.group_size=1 "
+                          f"makes every advantage 0 (nothing is learned); set env.group_size >= 2")
+
+
+def _check_ead_pairing(run: RunConfig) -> None:
+    """EAD pairing trains the T = 1 policy on tokens sampled at other temperatures: without a
+    truncated-IS cap the objective would not correct for it at all."""
+    schedule = getattr(run.policy, "temperature_schedule", None)  # token policies' EAD option
+    if schedule and dict(schedule).get("train_at_temperature_one") and run.algo.tis_cap is None:
+        raise ConfigError("policy.temperature_schedule.train_at_temperature_one needs algo.tis_cap "
+                          "(the truncated IS cap of pi_1 / pi_EAD, e.g. 2.0)")
+
+
 def compose(overrides: List[str]) -> DictConfig:
-    """Compose ``configs/config.yaml`` with command-line overrides (Hydra syntax)."""
+    """Compose ``configs/config.yaml`` with command-line overrides (Hydra syntax).
+
+    Switching the text task on the command line (``env.task=dataset`` on an arithmetic
+    experiment) drops the old task's ``task_kwargs``: only those given on the command line stay.
+    """
+    cfg = _compose(overrides)
+    task_keys = [o for o in overrides if _key(o) == "env.task"]
+    if task_keys and cfg.get("env") is not None and "task_kwargs" in cfg.env:
+        base = _compose([o for o in overrides if not (_key(o) == "env.task" or _key(o).startswith("env.task_kwargs"))])
+        if base.get("env") is None or base.env.get("task") != cfg.env.task:
+            given = _given_task_kwargs(overrides)
+            with open_dict(cfg):
+                cfg.env.task_kwargs = {k: v for k, v in cfg.env.task_kwargs.items() if k in given}
+    return cfg
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _given_task_kwargs(overrides: List[str]) -> set:
+    """The ``env.task_kwargs`` keys named on the command line (``env.task_kwargs.path=...`` or ``={path: ...}``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    given = set()
+    for o in OverridesParser.create().parse_overrides([o for o in overrides if _key(o).startswith("env.task_kwargs")]):
+        parts = o.key_or_group.split(".")
+        if len(parts) > 2:
+            given.add(parts[2])
+        elif isinstance(o.value(), dict):
+            given.update(o.value())
+    return given
+
+
+def _compose(overrides: List[str]) -> DictConfig:
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -256,6 +334,18 @@ def _hydra_message(e: Exception) -> str:
 
 def to_yaml(run: RunConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(run))
+
+
+def changed_keys(old: RunConfig, new: RunConfig) -> List[tuple]:
+    """(dotted key, old value, new value) of every setting that differs, in key order."""
+    def flat(node: Any, prefix: str = "") -> dict:
+        if isinstance(node, dict):
+            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: node}
+
+    a = flat(OmegaConf.to_container(OmegaConf.structured(old)))
+    b = flat(OmegaConf.to_container(OmegaConf.structured(new)))
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 def load_saved(run_dir: Path, overrides: List[str]) -> RunConfig:

@@ -11,6 +11,65 @@ from typing import Dict, List, Optional
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+class RunDirLock:
+    """One writer per run directory: an exclusive ``flock`` on ``run_dir/.lock``, held for the
+    run's life. The kernel drops a flock when its process dies, so the lock file a killed run
+    leaves behind is stale and simply taken over; the pid written in it names the holder."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> None:
+        import fcntl
+        import os
+
+        from workbench.registry import ConfigError
+
+        if self.fd is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(f"run_dir {self.path.parent} is in use by another workbench run (pid {holder}); "
+                              f"wait for it to end or choose another run_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        import os
+
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock; the file stays (harmless)
+            self.fd = None
+
+    def __del__(self) -> None:
+        self.release()
+
+
+_HELD: Dict[Path, RunDirLock] = {}  # this process's locks: taking one twice (cli, then trainer) is a no-op
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Hold ``run_dir``'s lock (ConfigError naming the holder's pid if another process has it)."""
+    key = Path(run_dir).resolve()
+    if key not in _HELD:
+        lock = RunDirLock(Path(run_dir))
+        lock.acquire()
+        _HELD[key] = lock
+
+
+def release_run_dir(run_dir: Path) -> None:
+    lock = _HELD.pop(Path(run_dir).resolve(), None)
+    if lock is not None:
+        lock.release()
+
+
 # what the progress line shows, first found wins: metric -> label
 HEADLINE = {"episode/return": "return", "accuracy": "accuracy", "reward/per_row": "reward"}
 

@@ -21,7 +21,7 @@ from workbench.batch import Batch, Minibatch
 from workbench.config import RunConfig, to_yaml
 from workbench.objectives import objective
 from workbench.registry import ConfigError, ENVS, LR_SCHEDULES, POLICIES
-from workbench.runlog import RunLogger, plot_learning_curve
+from workbench.runlog import RunLogger, lock_run_dir, plot_learning_curve, release_run_dir
 
 
 class TrainingError(RuntimeError):
@@ -43,27 +43,30 @@ def seed_everything(seed: int) -> None:
 
 
 def minibatches(batch: Batch, unit: str, num_minibatches: int) -> Iterator[Minibatch]:
-    """One epoch of shuffled minibatches: whole rows, or single (row, step) cells as [M, 1]."""
+    """One epoch of shuffled minibatches: whole rows, or single (row, step) cells as [M, 1].
+
+    Every sample (row, or valid cell of the loss mask) is used exactly once per epoch, in
+    ``num_minibatches`` minibatches whose sizes differ by at most one (fewer if there are fewer
+    samples); when the count divides evenly they are the contiguous slices of one permutation.
+    """
+    mask = batch.mask if batch.loss_mask is None else batch.mask * batch.loss_mask
     if unit == "row":
-        order = torch.randperm(batch.num_rows, device=batch.mask.device)
+        order = torch.randperm(batch.num_rows, device=mask.device)
         pick = lambda t: t[idx]  # noqa: E731
         pick_input = pick_row = pick
     else:
-        flat_mask = batch.mask.reshape(-1)
-        valid = flat_mask.nonzero().squeeze(1)
+        valid = mask.reshape(-1).nonzero().squeeze(1)
         order = valid[torch.randperm(valid.numel(), device=valid.device)]
         T = batch.num_steps
         pick = lambda t: t.reshape(-1)[idx].unsqueeze(1)  # noqa: E731
         pick_input = lambda t: t.reshape(-1, *t.shape[2:])[idx].unsqueeze(1)  # noqa: E731
         pick_row = lambda t: t[idx // T].unsqueeze(1)  # noqa: E731  (the row of each cell)
-    size = max(1, order.numel() // num_minibatches)
-    for start in range(0, size * num_minibatches, size):
-        idx = order[start:start + size]
+    for idx in torch.tensor_split(order, min(num_minibatches, max(order.numel(), 1))):
         if idx.numel() == 0:
             return
         yield Minibatch(
             logp_old=pick(batch.logp_old),
-            mask=pick(batch.mask),
+            mask=pick(mask),
             advantages=pick(batch.advantages),
             returns=pick(batch.returns) if batch.returns is not None else None,
             values_old=pick(batch.values) if batch.values is not None else None,
@@ -71,7 +74,18 @@ def minibatches(batch: Batch, unit: str, num_minibatches: int) -> Iterator[Minib
             rollout_logp=pick(batch.rollout_logp) if batch.rollout_logp is not None else None,
             policy_inputs={**{k: pick_input(v) for k, v in batch.policy_inputs.items()},
                            **{k: pick_row(v) for k, v in batch.row_inputs.items()}},
+            max_steps=batch.max_steps,
         )
+
+
+def check_master_weights(params: List[torch.Tensor], policy_name: str) -> None:
+    """Trained parameters must be float32: Adam's small steps (lr 1e-6 on a weight of 0.02)
+    are below bf16's rounding step (~1e-4) and would be lost. bf16 compute comes from
+    ``precision=bf16`` (autocast around the forward passes), never from bf16 master weights."""
+    low = sorted({str(p.dtype).removeprefix("torch.") for p in params if p.dtype != torch.float32})
+    if low:
+        raise ConfigError(f"policy {policy_name}: trained parameters are {', '.join(low)}; the policy must keep them float32 "
+                          "(use precision=bf16 for bf16 compute)")
 
 
 class Trainer:
@@ -88,6 +102,7 @@ class Trainer:
             self.policy.param_groups(), lr=self.algo.lr, eps=self.algo.adam_eps, weight_decay=self.algo.weight_decay, fused=fused
         )
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        check_master_weights(self.params, run.policy.name)
         if run.init_from:
             self._init_policy_from(Path(run.init_from))
         self.num_iterations = math.ceil(run.total_steps / self.env.steps_per_collect)
@@ -101,7 +116,15 @@ class Trainer:
         path = checkpoint.latest(source / "checkpoints") if source.is_dir() else source
         if path is None or not path.exists():
             raise ConfigError(f"init_from={source}: no checkpoint found")
-        self.policy.load_state_dict(checkpoint.load(path)["policy"])
+        try:
+            weights = checkpoint.load(path)["policy"]
+        except checkpoint.CheckpointError as e:
+            raise ConfigError(f"init_from={source}: {e}; give a run directory or a ckpt_*.safetensors it wrote") from None
+        try:
+            self.policy.load_state_dict(weights)
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise ConfigError(f"init_from={source}: its policy weights do not fit this policy ({str(e).splitlines()[0]}); "
+                              f"start from a run with the same policy settings") from None
         self.policy.reset_reference()
 
     def warm_start(self, logger: RunLogger) -> None:
@@ -139,7 +162,14 @@ class Trainer:
         self.sft_done = bool(state["counters"].get("sft_done", False))
 
     def save_checkpoint(self) -> Path:
-        path = checkpoint.save(checkpoint.checkpoint_path(self.run_dir / "checkpoints", self.iteration), self.state_dict())
+        path = checkpoint.checkpoint_path(self.run_dir / "checkpoints", self.iteration)
+        intact = checkpoint.latest(self.run_dir / "checkpoints")
+        try:
+            checkpoint.save(path, self.state_dict())
+        except OSError as e:  # a full disk, a quota: the earlier checkpoints survive (atomic writes)
+            last = f"the last intact checkpoint is {intact}" if intact else "no checkpoint was written yet"
+            raise TrainingError(f"cannot write checkpoint {path}: {e}; {last} "
+                                f"(continue with resume={self.run_dir} once there is room)") from None
         checkpoint.prune(self.run_dir / "checkpoints", self.run.keep_checkpoints)
         return path
 
@@ -188,6 +218,7 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def train(self, logger: Optional[RunLogger] = None, plot: bool = True) -> Dict[str, float]:
         run = self.run
+        lock_run_dir(self.run_dir)  # one writer per run directory, for the run's life
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(to_yaml(run))
         self.env.attach(self.run_dir)
@@ -236,20 +267,49 @@ class Trainer:
         finally:
             logger.close()
             self.env.close()
+            release_run_dir(self.run_dir)
         if plot:
             what = getattr(run.env, "id", None) or getattr(run.env, "task", None) or run.env.name
             plot_learning_curve(self.run_dir, title=f"{run.name} ({what}, {self.algo.name})")
         return final
 
     def resume(self) -> None:
-        """Load the newest checkpoint of ``run_dir`` and drop log lines written after it."""
-        path = checkpoint.latest(self.run_dir / "checkpoints")
-        if path is None:
-            raise TrainingError(f"no checkpoint to resume from in {self.run_dir / 'checkpoints'}")
-        self.load_state_dict(checkpoint.load(path))
+        """Load the newest intact checkpoint of ``run_dir`` and drop log lines written after it.
+
+        An unreadable newest checkpoint (a truncated copy) is named in a warning and the one
+        before it is used: that is what ``keep_checkpoints`` > 1 is for."""
+        import sys
+
+        lock_run_dir(self.run_dir)  # before anything in the directory is rewritten
+        directory = self.run_dir / "checkpoints"
+        found = checkpoint.list_checkpoints(directory)
+        if not found:
+            raise TrainingError(f"no checkpoint to resume from in {directory}")
+        unreadable: List[str] = []
+        for path in reversed(found):
+            try:
+                state = checkpoint.load(path)
+                break
+            except checkpoint.CheckpointError as e:
+                unreadable.append(path.name)
+                print(f"warning: checkpoint {path} is unreadable ({str(e).split(' (', 1)[-1].rstrip(')')}); "
+                      f"trying the one before it", file=sys.stderr)
+        else:
+            raise TrainingError(f"no intact checkpoint to resume from in {directory} (unreadable: {', '.join(unreadable)})")
+        if unreadable:
+            print(f"warning: resuming from {path}, the newest intact checkpoint", file=sys.stderr)
+        self.load_state_dict(state)
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.exists():
-            import json
-
-            kept: List[str] = [line for line in metrics.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= self.step]
+            kept = [line for line in metrics.read_text().splitlines() if _logged_step(line) <= self.step]
             metrics.write_text("".join(line + "\n" for line in kept))
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; a blank or half-written line (a killed run) sorts last."""
+    import json
+
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf

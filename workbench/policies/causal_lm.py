@@ -119,6 +119,10 @@ class CausalLMPolicy(Policy):
                 p.data = p.data.float()
         self.eos_ids = self._eos_ids()
         self.sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, cfg.temperature_schedule)
+        self.context = getattr(self.model.config, "max_position_embeddings", None)  # positions the model was built for
+        if self.context is not None and cfg.max_new_tokens >= self.context:
+            raise ConfigError(f"policy.max_new_tokens={cfg.max_new_tokens} does not fit the model's context "
+                              f"(max_position_embeddings={self.context}) beside a prompt; lower it")
         self._backend = None
 
     # ------------------------------------------------------------------ loading
@@ -205,12 +209,23 @@ class CausalLMPolicy(Policy):
         was_training = self.model.training
         self.model.eval()
         texts = [self.format_prompt(p) for p in prompts]
+        self._check_context(texts, sampling or self.sampling)
         out = self.backend().generate(self.model, self.tokenizer, texts, n, sampling or self.sampling, self.eos_ids)
         out.logp = self._recompute(out, reference=False) if self._needs_recompute() else out.rollout_logp
         if self.cfg.reference != "none":
             out.ref_logp = self._recompute(out, reference=True)
         self.model.train(was_training)
         return out
+
+    def _check_context(self, texts: List[str], sampling: SamplingConfig) -> None:
+        """Refuse a generation that would run past the model's positions (it would not stop)."""
+        if self.context is None:
+            return
+        longest = max(len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"])
+        if longest + sampling.max_new_tokens > self.context:
+            raise ConfigError(f"policy.max_new_tokens={sampling.max_new_tokens} plus a prompt of {longest} tokens exceeds "
+                              f"the model's context (max_position_embeddings={self.context}); lower max_new_tokens to "
+                              f"{self.context - longest} or shorten the prompts")
 
     def _needs_recompute(self) -> bool:
         if trains_at_temperature_one(self.sampling):
