@@ -66,7 +66,8 @@ def test_lora_base_in_bf16_with_fp32_adapters_runs_with_and_without_autocast():
 
 
 def test_needs_recompute_when_the_sampler_computes_in_bf16():
-    policy = CausalLMPolicy(CausalLMPolicy.Config(model_config=TINY, tokenizer="char", dtype="bfloat16"))
+    policy = CausalLMPolicy(CausalLMPolicy.Config(model_config=TINY, tokenizer="char", dtype="bfloat16",
+                                                  max_new_tokens=16))
     assert {p.dtype for p in policy.parameters()} == {torch.float32}  # full fine-tuning: masters, no frozen copy
     assert policy._needs_recompute() is False  # fp32 compute: generate and the training forward agree
     with torch.autocast("cpu", dtype=torch.bfloat16):
