@@ -5,10 +5,11 @@ trajectory is one image's denoising chain: N = images, T = the policy's ``num_st
 image reward (the shared reward library, e.g. ``jpeg_compressibility``, ``aesthetic_score``,
 ``vlm_judge``) is terminal: it sits on the last trained step of each row, so
 ``sum(rewards * mask)`` over a row is the image's reward whichever steps are trained;
-``dones`` is 1 on the last step. Groups are prompts, and a group id is the prompt's index in
-the prompt set, stable over the run (DDPO's per-prompt statistics remember rewards by it).
-With ``branch: true`` each group is one trunk that branches at the first trained step
-(B²-DiffuRL).
+``dones`` is 1 on the last step. ``prompt_id`` is the prompt's index in the prompt set, stable
+over the run (DDPO's per-prompt statistics remember rewards by it). Groups are prompts too,
+except with ``branch: true`` (B²-DiffuRL): then each group is one trunk that branches at the
+first trained step, so a prompt drawn twice (``prompt_order: random``) gives two groups, each
+comparing only branches of one shared chain.
 
 Prompts: class ids for a class-conditioned UNet, or text for a text-to-image pipeline; given
 as a list in YAML (``prompts``; an entry may be a mapping ``{prompt: ..., <metadata>: ...}``),
@@ -67,23 +68,26 @@ def load_prompts(source: str, column: str = "prompt", split: str = "train") -> L
     if path.suffix in ("", ".txt") and path.is_file():
         lines = [ln.strip() for ln in path.read_text().splitlines()]
         return [ln for ln in lines if ln and not ln.startswith("#")]
-    import datasets
+    from envs.datafiles import SUFFIXES, read_rows
 
-    kinds = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
     if path.exists():
-        if path.suffix not in kinds:
+        if path.suffix not in SUFFIXES:
             raise ConfigError(f"env.prompt_file={source!r}: unknown file type; use .txt, .json, .jsonl, .csv or .parquet")
-        rows = datasets.load_dataset(kinds[path.suffix], data_files=str(path), split="train")
-    elif path.suffix in kinds or path.suffix == ".txt" or source.startswith((".", "/")):
+        rows = read_rows(path, "env.prompt_file", column)  # checked line by line: one-line errors, no pyarrow traceback
+    elif path.suffix in SUFFIXES or path.suffix == ".txt" or source.startswith((".", "/")):
         raise ConfigError(f"env.prompt_file not found: {source}")
     else:
+        import datasets
+
         try:
-            rows = datasets.load_dataset(source, split=split)
+            table = datasets.load_dataset(source, split=split)
         except Exception as e:  # offline, unknown name, bad split: one clear line
             raise ConfigError(f"cannot load prompt dataset '{source}' (split {split}): {str(e).splitlines()[0]}") from None
-    if column not in rows.column_names:
-        raise ConfigError(f"prompt set '{source}' has no column '{column}'; columns: {rows.column_names}")
-    return [{**{k: v for k, v in row.items() if k != column}, "prompt": row[column]} for row in rows]
+        rows = [(f"row {i}", row) for i, row in enumerate(table)]
+    for where, row in rows:
+        if row.get(column) is None:
+            raise ConfigError(f"prompt set '{source}' {where} has no column '{column}' (it has {sorted(row)}); set env.prompt_column")
+    return [{**{k: v for k, v in row.items() if k != column}, "prompt": row[column]} for _, row in rows]
 
 
 def split_prompts(entries: Sequence[Any]) -> tuple:
@@ -185,9 +189,9 @@ class DiffusionEnv(Environment):
         chosen = self._iteration_prompts()
         G = self.cfg.group_size
         index = [i for i in chosen for _ in range(G)]
-        groups = torch.arange(len(chosen)).repeat_interleave(G)
+        trunks = torch.arange(len(chosen)).repeat_interleave(G)  # [N] slot of the row's prompt in this iteration
         images, traj = policy.sample([self.prompts[i] for i in index], generator=self.generator, iteration=self.iteration,
-                                     trunks=groups if self.cfg.branch else None)
+                                     trunks=trunks if self.cfg.branch else None)
         N, T = traj.logp.shape
         device = traj.logp.device
         mask = traj.train_mask.float()
@@ -204,7 +208,8 @@ class DiffusionEnv(Environment):
             mask=mask,
             rewards=torch.zeros(N, T, device=device),
             dones=dones,
-            group=torch.tensor(index, device=device),  # the prompt's index: stable across iterations
+            group=trunks.to(device) if self.cfg.branch else torch.tensor(index, device=device),
+            prompt_id=torch.tensor(index, device=device),  # the prompt's index: stable across iterations
             policy_inputs={"x_t": traj.x_t, "x_prev": traj.x_prev, "step": traj.step},
             row_inputs=traj.cond,
         )

@@ -249,3 +249,22 @@ def test_from_pretrained_loads_saved_unet(tmp_path):
         assert torch.equal(a, b)
     with pytest.raises(ConfigError, match="pretrained"):
         make_policy(pretrained=str(tmp_path / "missing"))
+
+
+def test_branch_groups_are_trunks_even_when_a_random_prompt_repeats():
+    """B²-DiffuRL: advantages compare the branches of one trunk. With prompt_order=random a prompt
+    drawn twice must not merge its two trunks into one group; per-prompt statistics still
+    remember the rewards by prompt."""
+    policy = make_policy(train_window=[2, 4])
+    env = make_env(prompts=[3], prompt_order="random", branch=True)  # one prompt: always drawn twice
+    batch = env.score(env.collect(policy))
+    assert batch.group.tolist() == [0, 0, 0, 1, 1, 1]  # one group per trunk
+    assert batch.prompt_id.tolist() == [0, 0, 0, 0, 0, 0]
+    x = batch.policy_inputs["x_t"]
+    assert torch.equal(x[0, :3], x[2, :3]) and not torch.equal(x[0, 0], x[3, 0])  # two trunks, each shared
+    r = batch.rewards[:, -1]
+    adv = compute_advantages(batch, AlgoConfig(advantage="dr_grpo")).advantages[:, -1]
+    torch.testing.assert_close(adv, torch.cat([r[:3] - r[:3].mean(), r[3:] - r[3:].mean()]))  # baseline per trunk
+    state = {}
+    compute_advantages(batch, AlgoConfig(advantage="per_prompt", stat_min_count=1), state)
+    assert list(state["per_prompt"]) == [0] and len(state["per_prompt"][0]) == 6  # keyed by prompt, not trunk

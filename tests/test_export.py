@@ -100,7 +100,7 @@ def test_adapter_of_a_random_init_base_is_refused_with_the_way_out(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-UNET = ["experiment=ddpo_compressibility_demo", "policy.num_steps=2", "env.prompts_per_iteration=2", "env.group_size=2"]
+UNET = ["experiment=ddpo_compressibility_demo", "policy.num_steps=2", "policy.train_window=null", "env.prompts_per_iteration=2", "env.group_size=2"]
 
 
 def test_class_conditioned_unet_full_and_lora_merged_load_with_diffusers(tmp_path):

@@ -7,7 +7,7 @@ import json
 from typing import List
 
 from workbench.registry import BENCHMARKS
-from workbench.bench import ddpo, grpo_text  # noqa: F401
+from workbench.bench import ddpo, demos, grpo_text  # noqa: F401
 from workbench.bench import ppo_mujoco  # noqa: F401
 from workbench.bench import rapl_align, rapl_franka  # noqa: F401
 
