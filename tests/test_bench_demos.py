@@ -23,8 +23,10 @@ def test_figures_from_metric_rows():
 def test_seed_lists_and_bad_input():
     assert parse_seeds("3") == [0, 1, 2] and parse_seeds("1,4") == [1, 4]
     assert BENCHMARKS.get("demos") is bench_demos
-    with pytest.raises(ConfigError, match="--seeds"):
-        parse_seeds("three")
+    assert parse_seeds("4,") == [4]
+    for bad in ("three", "0", ","):
+        with pytest.raises(ConfigError, match="--seeds"):
+            parse_seeds(bad)
     with pytest.raises(ConfigError, match="unknown demo 'cartpole'"):
         bench_demos(["--demos", "cartpole"])
 
@@ -32,7 +34,7 @@ def test_seed_lists_and_bad_input():
 @pytest.mark.slow
 def test_every_demo_reaches_its_documented_figure_on_one_seed(capsys):
     """~12 min on 2 cores: franka reach (~75 s), arithmetic (~70 s), DDPO (~10 min), seed 0."""
-    figures = bench_demos(["--seeds", "0"])
+    figures = bench_demos(["--seeds", "1"])  # seed 0
     print(capsys.readouterr().out)
     for name, f in figures["demos"].items():
         assert f["passed"], f"{name}: {f['figure']} {f['values']} misses its threshold {f['threshold']}"

@@ -90,11 +90,12 @@ def run_demo(name: str, seed: int, run_dir: Path, overrides: Optional[List[str]]
 def parse_seeds(text: str) -> List[int]:
     """``3`` -> seeds 0, 1, 2; ``1,4`` -> seeds 1 and 4."""
     try:
-        if "," in text:
-            return [int(s) for s in text.split(",") if s.strip()]
-        return list(range(int(text)))
+        seeds = [int(s) for s in text.split(",") if s.strip()] if "," in text else list(range(int(text)))
     except ValueError:
-        raise ConfigError(f"--seeds={text!r}: give a count (3) or a comma list (0,1,2)") from None
+        seeds = []
+    if not seeds:
+        raise ConfigError(f"--seeds={text!r}: give a count >= 1 (3: seeds 0, 1, 2) or a comma list (0,1,2; one seed: 4,)")
+    return seeds
 
 
 @BENCHMARKS.register("demos")
