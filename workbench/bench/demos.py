@@ -66,7 +66,7 @@ DEMOS: Dict[str, Demo] = {
     "franka_reach": Demo("quickstart", "final eval success %", final_success_percent,
                          "0 % -> 100 % (README: `workbench train`)", 90.0),
     "arithmetic": Demo("arithmetic_demo", "eval accuracy gain after SFT -> end (points)", accuracy_gain_points,
-                       "+33 points (55.0 % -> 88.0 %)", 20.0),
+                       "+31.7 ± 8.1 points (seeds 0, 1, 2: +39, +33, +23)", 20.0),
     # measured -27.9 / -22.8 / -29.4 % (seeds 0-2); the old config gave -0.5 % with seed 2
     "ddpo": Demo("ddpo_compressibility_demo", "eval JPEG size change %", jpeg_change_percent,
                  "-26.7 % ± 3.5 (seeds 0, 1, 2)", -20.0, lower_is_better=True),
