@@ -117,3 +117,16 @@ def test_resume_lists_the_settings_that_differ_from_the_saved_config(tmp_path, c
     rc, err = train(capsys, f"resume={run_dir}", "total_steps=32")  # already done: nothing differs, nothing said
     assert rc == 0, err
     assert "changes the saved config" not in err
+
+
+def test_refusing_a_used_run_dir_prints_one_line_and_nothing_at_exit(tmp_path):
+    """The refusal comes after the lock is taken: the lock must be let go cleanly (a lock object
+    left to interpreter shutdown printed an 'Exception ignored' traceback after the message)."""
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "ckpt_00000001.safetensors").write_bytes(b"x")
+    code = f"import sys; from workbench.cli import main; sys.exit(main(['train', *{SMALL!r}, 'run_dir={run_dir}']))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"workbench: error: run_dir {run_dir} already holds checkpoints; "
+                                                f"continue it with resume={run_dir}"]

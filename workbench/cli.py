@@ -33,7 +33,7 @@ def _split_resume(overrides: List[str]) -> tuple[Optional[str], List[str]]:
 def build_run(overrides: List[str]):
     """(RunConfig, run_dir, resuming) from command-line overrides."""
     from workbench import config
-    from workbench.runlog import lock_run_dir
+    from workbench.runlog import lock_run_dir, release_run_dir
 
     resume, rest = _split_resume(overrides)
     if resume:
@@ -49,6 +49,7 @@ def build_run(overrides: List[str]):
     run_dir = Path(run.run_dir) if run.run_dir else Path("runs") / f"{run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     lock_run_dir(run_dir)  # a second writer is refused here, before it reads or writes anything
     if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
+        release_run_dir(run_dir)
         raise ConfigError(f"run_dir {run_dir} already holds checkpoints; continue it with resume={run_dir}")
     return run, run_dir, False
 

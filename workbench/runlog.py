@@ -47,9 +47,7 @@ class RunDirLock:
         if self.fd is not None:
             os.close(self.fd)  # closing the descriptor drops the flock; the file stays (harmless)
             self.fd = None
-
-    def __del__(self) -> None:
-        self.release()
+    # no __del__: at exit the kernel drops the flock with the process's descriptors
 
 
 _HELD: Dict[Path, RunDirLock] = {}  # this process's locks: taking one twice (cli, then trainer) is a no-op
