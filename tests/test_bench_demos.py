@@ -33,7 +33,7 @@ def test_seed_lists_and_bad_input():
 
 @pytest.mark.slow
 def test_every_demo_reaches_its_documented_figure_on_one_seed(capsys):
-    """~12 min on 2 cores: franka reach (~75 s), arithmetic (~70 s), DDPO (~10 min), seed 0."""
+    """~20 min on 2 cores: franka reach (~75 s), arithmetic (~70 s), DDPO (~17 min), seed 0."""
     figures = bench_demos(["--seeds", "1"])  # seed 0
     print(capsys.readouterr().out)
     for name, f in figures["demos"].items():

@@ -6,7 +6,7 @@ several seeds, prints each seed's figure and their mean ± std beside the README
 threshold it must reach, and ends (with ``--json``) with one JSON line. Run it after any change
 to the code a demo runs; ``tests/test_bench_demos.py`` (``pytest -m slow``) runs it on one seed.
 
-    workbench bench demos --json                          # every demo, seeds 0, 1, 2 (~25 min on 2 cores)
+    workbench bench demos --json                          # every demo, seeds 0, 1, 2 (~1 h on 2 cores)
     workbench bench demos --demos ddpo --seeds 0,1,2      # one demo, named seeds
     workbench bench demos --demos franka_reach --seeds 1  # ~75 s
 """
