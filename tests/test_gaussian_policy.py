@@ -29,7 +29,7 @@ def test_log_prob_and_entropy_are_the_diagonal_gaussian_ones():
     torch.testing.assert_close(out.logp, dist.log_prob(out.actions).sum(-1))
     torch.testing.assert_close(p.entropy_per_step(), dist.entropy().sum(-1)[0])
     inputs = {"obs": out.obs[:, None], "actions": out.actions[:, None]}
-    torch.testing.assert_close(p.evaluate(inputs).logp[:, 0], out.logp)
+    torch.testing.assert_close(p.log_probs(inputs).logp[:, 0], out.logp)
 
 
 def test_deterministic_act_returns_the_mean_and_obs_stats_update_only_when_asked():

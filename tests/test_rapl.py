@@ -130,9 +130,9 @@ def test_timm_backbone_freezing_and_local_weights(tmp_path):
     for name in ("bb.safetensors", "bb.pt"):
         enc = FrameEncoder("test_resnet", embed_dim=8, weights=str(tmp_path / name), image_size=32).eval()
         assert torch.allclose(enc.backbone(enc.preprocess(video)), ref)
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
+    with pytest.raises(ConfigError, match="weights: no file at .*nope.pt"):
         FrameEncoder("test_resnet", weights=str(tmp_path / "nope.pt"))
-    with pytest.raises(ValueError, match="unknown timm backbone"):
+    with pytest.raises(ConfigError, match="backbone: unknown timm model 'no_such_net_v9'"):
         FrameEncoder("no_such_net_v9")
 
 

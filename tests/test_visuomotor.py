@@ -62,7 +62,7 @@ def test_log_prob_entropy_and_value_are_computed_from_pixels_and_normalised_stat
     torch.testing.assert_close(p.entropy_per_step(), dist.entropy().sum(-1)[0])
     torch.testing.assert_close(out.values, p.critic(features).squeeze(-1))
     assert out.obs["pixels"].dtype == torch.uint8
-    torch.testing.assert_close(p.evaluate(cells(out)).logp[:, 0], out.logp)
+    torch.testing.assert_close(p.log_probs(cells(out)).logp[:, 0], out.logp)
 
 
 def test_collect_stores_uint8_pixels_and_evaluate_reproduces_logp_old():
@@ -77,7 +77,7 @@ def test_collect_stores_uint8_pixels_and_evaluate_reproduces_logp_old():
     batch = compute_advantages(batch, AlgoConfig())
     p.train()
     for mb in minibatches(batch, p.sample_unit, num_minibatches=4):  # the first PPO pass: ratio 1
-        out = p.evaluate(mb.policy_inputs)
+        out = p.log_probs(mb.policy_inputs)
         torch.testing.assert_close(torch.exp(out.logp - mb.logp_old), torch.ones_like(mb.logp_old), atol=1e-5, rtol=0)
         torch.testing.assert_close(out.values, mb.values_old, atol=1e-5, rtol=0)
     env.close()
@@ -222,14 +222,14 @@ def test_timm_backbone_by_name_with_local_weights_frozen_and_batchnorm_on_runnin
     assert id(p.encoder.trunk[0].weight) in trainable
     p.train()  # the backbone stays in eval mode: evaluate scores exactly what act sampled
     out = p.act(random_obs(spec, 4))
-    torch.testing.assert_close(p.evaluate(cells(out)).logp[:, 0], out.logp)
+    torch.testing.assert_close(p.log_probs(cells(out)).logp[:, 0], out.logp)
 
 
 @pytest.mark.parametrize("share", [True, False])
 def test_the_critic_trains_the_actor_encoder_only_when_shared(share):
     spec = dict_spec(size=32)
     p = make_policy(spec, encoder="drq", share_encoder=share)
-    p.evaluate(cells(p.act(random_obs(spec, 3)))).values.sum().backward()
+    p.log_probs(cells(p.act(random_obs(spec, 3)))).values.sum().backward()
     actor_grad = p.encoder.trunk[0].weight.grad
     assert (actor_grad is not None and actor_grad.abs().sum() > 0) == share
     assert share or p.critic_encoder.trunk[0].weight.grad.abs().sum() > 0
@@ -244,7 +244,7 @@ def test_bad_inputs_fail_with_one_clear_line():
         GaussianCNNPolicy.Config(weights="w.safetensors")
     with pytest.raises(ConfigError, match="unknown timm model 'no_such_net'"):
         make_policy(dict_spec(), encoder="timm:no_such_net")
-    with pytest.raises(ConfigError, match="no such file"):
+    with pytest.raises(ConfigError, match="policy.weights: no file at /nonexistent.safetensors"):
         make_policy(dict_spec(), encoder="timm:test_resnet", weights="/nonexistent.safetensors")
     with pytest.raises(ConfigError, match="does not fit 16x16 pixels"):
         make_policy(dict_spec(size=16), encoder="nature")

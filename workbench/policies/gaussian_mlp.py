@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -18,7 +18,8 @@ from torch.nn import functional as F
 from workbench.environment import EnvSpec
 from workbench.normalization import RunningMeanStd
 from workbench.objectives import PolicyOutput
-from workbench.policies.base import Policy
+from workbench.policies.base import ControlActor
+from workbench.config import check_choices, choice
 from workbench.registry import ConfigError, POLICIES
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
@@ -59,46 +60,30 @@ class ActOutput(NamedTuple):
     obs: torch.Tensor  # [E, D] the normalised observation the policy saw (stored for evaluate)
 
 
-@POLICIES.register("gaussian_mlp")
-class GaussianMLPPolicy(Policy):
+class GaussianActorCritic(ControlActor):
+    """What every Gaussian actor-critic for control shares: a state-independent log-std, the
+    diagonal Gaussian's log-density and entropy, and a running observation normaliser whose
+    statistics travel with the weights (``get/set_extra_state``: checkpoints, exports).
+
+    A subclass sets ``self.cfg`` (with ``normalize_obs`` and ``clip_obs``), ``self.log_std``
+    ``[A]`` and ``self.obs_rms`` in its ``__init__``, and writes its own act/value/evaluate."""
+
     sample_unit = "cell"
-
-    @dataclass
-    class Config:
-        name: str = "gaussian_mlp"
-        hidden: List[int] = field(default_factory=lambda: [64, 64])
-        critic_hidden: Optional[List[int]] = None  # default: same as hidden
-        activation: str = "tanh"
-        log_std_init: float = 0.0
-        ortho_init: bool = True
-        normalize_obs: bool = True
-        clip_obs: float = 10.0
-
-        def __post_init__(self) -> None:
-            if self.activation not in ACTIVATIONS:
-                raise ConfigError(f"policy.activation={self.activation!r} is not valid; valid choices: {', '.join(ACTIVATIONS)}")
-
-    def __init__(self, cfg: "GaussianMLPPolicy.Config", spec: EnvSpec) -> None:
-        super().__init__()
-        if len(spec.observation_shape) != 1:
-            raise ConfigError(f"gaussian_mlp needs flat observations, got shape {spec.observation_shape}")
-        self.cfg = cfg
-        obs_dim, act_dim = spec.observation_shape[0], spec.action_dim
-        critic_hidden = cfg.critic_hidden or cfg.hidden
-        self.actor = mlp([obs_dim, *cfg.hidden, act_dim], cfg.activation, 0.01, cfg.ortho_init)
-        self.critic = mlp([obs_dim, *critic_hidden, 1], cfg.activation, 1.0, cfg.ortho_init)
-        self.log_std = nn.Parameter(torch.full((act_dim,), float(cfg.log_std_init)))
-        self.obs_rms = RunningMeanStd((obs_dim,))
+    cfg: Any
+    log_std: nn.Parameter  # [A]
+    obs_rms: RunningMeanStd
 
     @property
     def device(self) -> torch.device:
         return self.log_std.device
 
     def _gaussian_logp(self, mean: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Log-density [*B] of actions [*B, A] under N(mean [*B, A], exp(log_std)^2)."""
         z = (actions - mean) * torch.exp(-self.log_std)
         return -0.5 * (z * z).sum(-1) - self.log_std.sum() - 0.5 * LOG_2PI * mean.shape[-1]
 
     def entropy_per_step(self) -> torch.Tensor:
+        """The Gaussian's entropy, a scalar: it does not depend on the observation."""
         return self.log_std.sum() + 0.5 * (1.0 + LOG_2PI) * self.log_std.numel()
 
     def prepare_obs(self, obs: np.ndarray, update_stats: bool) -> torch.Tensor:
@@ -114,6 +99,37 @@ class GaussianMLPPolicy(Policy):
 
     def set_extra_state(self, state) -> None:
         self.obs_rms.load_state_dict(state)
+
+
+@POLICIES.register("gaussian_mlp")
+class GaussianMLPPolicy(GaussianActorCritic):
+    """Flat observations [E, D] -> Gaussian actions: separate actor and critic MLPs."""
+
+    @dataclass
+    class Config:
+        name: str = "gaussian_mlp"
+        hidden: List[int] = field(default_factory=lambda: [64, 64])
+        critic_hidden: Optional[List[int]] = None  # default: same as hidden
+        activation: str = choice(*ACTIVATIONS)
+        log_std_init: float = 0.0
+        ortho_init: bool = True
+        normalize_obs: bool = True
+        clip_obs: float = 10.0
+
+        def __post_init__(self) -> None:
+            check_choices(self, "policy")
+
+    def __init__(self, cfg: "GaussianMLPPolicy.Config", spec: EnvSpec) -> None:
+        super().__init__()
+        if len(spec.observation_shape) != 1:
+            raise ConfigError(f"gaussian_mlp needs flat observations, got shape {spec.observation_shape}")
+        self.cfg = cfg
+        obs_dim, act_dim = spec.observation_shape[0], spec.action_dim
+        critic_hidden = cfg.critic_hidden or cfg.hidden
+        self.actor = mlp([obs_dim, *cfg.hidden, act_dim], cfg.activation, 0.01, cfg.ortho_init)
+        self.critic = mlp([obs_dim, *critic_hidden, 1], cfg.activation, 1.0, cfg.ortho_init)
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(cfg.log_std_init)))
+        self.obs_rms = RunningMeanStd((obs_dim,))
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False, update_stats: bool = True) -> ActOutput:
@@ -132,7 +148,7 @@ class GaussianMLPPolicy(Policy):
         """[E] value of raw observations (no statistics update), for bootstrapping truncations."""
         return fast_forward(self.critic, self.prepare_obs(obs, update_stats=False)).squeeze(-1)
 
-    def evaluate(self, policy_inputs: Dict[str, torch.Tensor]) -> PolicyOutput:
+    def log_probs(self, policy_inputs: Dict[str, torch.Tensor]) -> PolicyOutput:
         obs, actions = policy_inputs["obs"], policy_inputs["actions"]  # [M, 1, D], [M, 1, A]
         mean = fast_forward(self.actor, obs)
         logp = self._gaussian_logp(mean.float(), actions)

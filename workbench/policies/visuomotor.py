@@ -1,20 +1,20 @@
 """Visuomotor Gaussian actor-critic: pixels (and an optional state vector) -> Gaussian actions.
 
-A pixel encoder (a small conv stack, or any timm backbone by name) turns uint8 frames into a
-feature vector; the env's proprioceptive "state", running-normalised, is concatenated to it;
-the actor and critic heads, the state-independent log-std and the log-prob/entropy maths are
-gaussian_mlp's. Pixels stay uint8 in the batch (a quarter of the memory of float32) and are
-scaled inside the policy. Frame stacking happens in the env (``env.frame_stack``: the last k
-frames concatenated along channels, oldest first), so the policy just sees k*C channels.
+A pixel encoder (a small conv stack, or any timm backbone by name; both from
+:mod:`workbench.vision`) turns uint8 frames into a feature vector; the env's proprioceptive
+"state", running-normalised, is concatenated to it; the actor and critic heads, the
+state-independent log-std and the log-prob/entropy maths are gaussian_mlp's
+(:class:`GaussianActorCritic`). Pixels stay uint8 in the batch (a quarter of the memory of
+float32) and are scaled inside the policy. Frame stacking happens in the env
+(``env.frame_stack``: the last k frames concatenated along channels, oldest first), so the
+policy just sees k*C channels.
 
 Observations, as the gym_control adapter hands them over (E envs):
 ``{"pixels": uint8 [E, C, H, W], "state": float [E, D] (optional)}``.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -24,89 +24,29 @@ from torch import nn
 from workbench.environment import EnvSpec
 from workbench.normalization import RunningMeanStd
 from workbench.objectives import PolicyOutput
-from workbench.policies.base import Policy
-from workbench.policies.gaussian_mlp import ACTIVATIONS, ActOutput, GaussianMLPPolicy, fast_forward, mlp
+from workbench.policies.gaussian_mlp import ACTIVATIONS, ActOutput, GaussianActorCritic, fast_forward, mlp
+from workbench.config import check_choices, choice
 from workbench.registry import ConfigError, POLICIES
-
-# (out channels, kernel, stride) of each conv layer, each followed by a ReLU
-CONV_STACKS = {
-    "nature": [(32, 8, 4), (64, 4, 2), (64, 3, 1)],  # Mnih et al. 2015 (Nature DQN), for 64-84 px
-    "drq": [(32, 3, 2), (32, 3, 1), (32, 3, 1), (32, 3, 1)],  # Yarats et al. 2021 (DrQ / DrQ-v2)
-}
-
-
-def conv_stack(kind: str, in_channels: int, ortho: bool) -> nn.Sequential:
-    """[B, in_channels, H, W] float -> [B, F] flattened conv features."""
-    layers: List[nn.Module] = []
-    for out, kernel, stride in CONV_STACKS[kind]:
-        conv = nn.Conv2d(in_channels, out, kernel, stride)
-        if ortho:
-            nn.init.orthogonal_(conv.weight, math.sqrt(2))
-            nn.init.zeros_(conv.bias)
-        layers += [conv, nn.ReLU()]
-        in_channels = out
-    return nn.Sequential(*layers, nn.Flatten())
-
-
-def load_weights(backbone: nn.Module, path: str, in_channels: int) -> None:
-    """Load a local state dict (.safetensors, or a torch file read with weights_only=True) into
-    a timm backbone; a 3-channel first conv is adapted to ``in_channels`` (stacked frames)."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"policy.weights={path!r}: no such file")
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(file))
-    else:
-        state = torch.load(str(file), map_location="cpu", weights_only=True)
-    first = f"{backbone.pretrained_cfg.get('first_conv', '')}.weight"
-    if first in state and state[first].shape[1] != in_channels:
-        from timm.models import adapt_input_conv
-
-        state[first] = adapt_input_conv(in_channels, state[first])
-    try:
-        missing, _ = backbone.load_state_dict(state, strict=False)  # classifier weights are not needed
-    except RuntimeError as e:
-        raise ConfigError(f"policy.weights={path!r} does not fit the backbone: {str(e).splitlines()[-1].strip()}") from None
-    if missing:
-        raise ConfigError(f"policy.weights={path!r} lacks {len(missing)} backbone weights, e.g. {', '.join(missing[:3])}")
-
-
-def timm_backbone(cfg: "GaussianCNNPolicy.Config", in_channels: int) -> Tuple[nn.Module, Tuple[float, ...], Tuple[float, ...]]:
-    """A timm model without its classifier ([B, C, H, W] -> [B, F] pooled features) and the
-    per-channel mean/std of the inputs it expects (in [0, 1] units)."""
-    import timm
-
-    name = cfg.encoder[len("timm:"):]
-    if not timm.is_model(name):
-        similar = timm.list_models(f"*{name.split('.')[0][:8]}*")[:8]
-        raise ConfigError(f"policy.encoder: unknown timm model {name!r}" + (f"; similar: {', '.join(similar)}" if similar else ""))
-    try:
-        backbone = timm.create_model(name, pretrained=cfg.pretrained, num_classes=0, in_chans=in_channels, **cfg.encoder_kwargs)
-    except (OSError, RuntimeError) as e:  # pretrained weights cannot be fetched offline
-        raise ConfigError(f"policy.encoder={cfg.encoder!r}: {e}; use policy.weights=<local file>") from None
-    if cfg.weights:
-        load_weights(backbone, cfg.weights, in_channels)
-    data = backbone.pretrained_cfg
-    return backbone, tuple(data.get("mean", (0.5,))), tuple(data.get("std", (0.5,)))
+from workbench.vision import CONV_STACKS, channel_stats, conv_stack, data_config, timm_backbone
 
 
 class PixelEncoder(nn.Module):
     """uint8 [B, C, H, W] -> [B, feature_dim]: backbone, then Linear -> LayerNorm -> tanh
     (DrQ-v2's trunk). The backbone always runs in eval mode (BatchNorm on running statistics,
-    no dropout), so the log-probs ``evaluate`` recomputes equal the ones sampled in the rollout."""
+    no dropout), so the log-probs ``log_probs`` recomputes equal the ones sampled in the rollout."""
 
     def __init__(self, cfg: "GaussianCNNPolicy.Config", pixel_shape: Tuple[int, int, int]) -> None:
         super().__init__()
         channels, height, width = pixel_shape
         if cfg.encoder.startswith("timm:"):
-            self.backbone, mean, std = timm_backbone(cfg, channels)
+            self.backbone = timm_backbone(cfg.encoder[len("timm:"):], "policy.encoder", in_channels=channels,
+                                          pretrained=cfg.pretrained, weights=cfg.weights, weights_option="policy.weights",
+                                          create_kwargs=cfg.encoder_kwargs)
+            mean, std = data_config(self.backbone)[:2]
         else:
             self.backbone, mean, std = conv_stack(cfg.encoder, channels, cfg.ortho_init), (0.5,), (1.0,)  # x - 0.5
-        repeat = lambda v: torch.tensor(v).repeat(math.ceil(channels / len(v)))[:channels].view(1, -1, 1, 1)  # noqa: E731
-        self.register_buffer("mean", repeat(mean).float(), persistent=False)
-        self.register_buffer("std", repeat(std).float(), persistent=False)
+        self.register_buffer("mean", channel_stats(mean, channels), persistent=False)  # stacked frames: cycled
+        self.register_buffer("std", channel_stats(std, channels), persistent=False)
         if cfg.freeze_encoder:
             self.backbone.requires_grad_(False)
         self.backbone.eval()
@@ -129,22 +69,14 @@ class PixelEncoder(nn.Module):
 
 
 @POLICIES.register("gaussian_cnn")
-class GaussianCNNPolicy(Policy):
-    sample_unit = "cell"
-
-    # gaussian_mlp's Gaussian maths and (state) observation normaliser, shared rather than copied:
-    # they need only self.log_std, self.obs_rms and self.cfg.normalize_obs / clip_obs.
-    device = GaussianMLPPolicy.device
-    _gaussian_logp = GaussianMLPPolicy._gaussian_logp
-    entropy_per_step = GaussianMLPPolicy.entropy_per_step
-    prepare_obs = GaussianMLPPolicy.prepare_obs
-    get_extra_state = GaussianMLPPolicy.get_extra_state
-    set_extra_state = GaussianMLPPolicy.set_extra_state
+class GaussianCNNPolicy(GaussianActorCritic):
+    """Pixels (+ state) -> Gaussian actions: encoder features, with the normalised state
+    appended, feed the actor and critic MLPs (see the module docstring)."""
 
     @dataclass
     class Config:
         name: str = "gaussian_cnn"
-        encoder: str = "nature"  # nature | drq (conv stacks above) | timm:<model name> (any timm backbone)
+        encoder: str = choice(*CONV_STACKS, "timm:<model name>")  # nature | drq (conv stacks above) | timm:<model name> (any timm backbone)
         encoder_kwargs: Dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs (e.g. img_size)
         pretrained: bool = False  # timm: fetch pretrained weights from the hub (needs network access)
         weights: Optional[str] = None  # timm: local weights file (.safetensors, or torch file loaded weights_only)
@@ -154,19 +86,16 @@ class GaussianCNNPolicy(Policy):
         use_state: bool = True  # concatenate the observation's "state" vector, if it has one, to the features
         hidden: List[int] = field(default_factory=lambda: [64, 64])  # actor head MLP
         critic_hidden: Optional[List[int]] = None  # critic head MLP; default: same as hidden
-        activation: str = "tanh"  # of the head MLPs: tanh | relu | elu | silu
+        activation: str = choice(*ACTIVATIONS)  # of the head MLPs
         log_std_init: float = 0.0
         ortho_init: bool = True  # orthogonal init (sqrt 2 for hidden layers and convs; 0.01 actor, 1 critic outputs)
         normalize_obs: bool = True  # running mean/std normalisation of the "state" vector (pixels: /255)
         clip_obs: float = 10.0  # clip of the normalised state
 
         def __post_init__(self) -> None:
-            if self.encoder not in CONV_STACKS and not self.encoder.startswith("timm:"):
-                raise ConfigError(f"policy.encoder={self.encoder!r} is not valid; valid choices: {', '.join(CONV_STACKS)}, timm:<model name>")
+            check_choices(self, "policy")
             if (self.weights or self.pretrained or self.encoder_kwargs) and not self.encoder.startswith("timm:"):
                 raise ConfigError("policy.weights, policy.pretrained and policy.encoder_kwargs need a timm encoder (policy.encoder=timm:<name>)")
-            if self.activation not in ACTIVATIONS:
-                raise ConfigError(f"policy.activation={self.activation!r} is not valid; valid choices: {', '.join(ACTIVATIONS)}")
             if self.feature_dim < 1:
                 raise ConfigError(f"policy.feature_dim must be >= 1, got {self.feature_dim}")
 
@@ -192,7 +121,7 @@ class GaussianCNNPolicy(Policy):
 
     def _inputs(self, obs: Dict[str, np.ndarray], update_stats: bool) -> Dict[str, torch.Tensor]:
         """Raw {"pixels": uint8 [E, C, H, W], "state": [E, D]} -> tensors on the policy's device:
-        pixels still uint8, state normalised float32 (the inputs ``evaluate`` gets back)."""
+        pixels still uint8, state normalised float32 (the inputs ``log_probs`` gets back)."""
         if not isinstance(obs, dict) or "pixels" not in obs:
             raise ConfigError("gaussian_cnn acts on Dict observations with 'pixels'")
         out = {"pixels": torch.as_tensor(obs["pixels"]).to(self.device, non_blocking=True)}
@@ -214,7 +143,7 @@ class GaussianCNNPolicy(Policy):
     @torch.no_grad()
     def act(self, obs: Dict[str, np.ndarray], deterministic: bool = False, update_stats: bool = True) -> ActOutput:
         """Sample actions [E, A] for a batch of raw observations; ``ActOutput.obs`` is the dict
-        of device tensors the policy saw (what collect stores for ``evaluate``)."""
+        of device tensors the policy saw (what collect stores for ``log_probs``)."""
         inputs = self._inputs(obs, update_stats)
         actor_in, critic_in = self._features(inputs)
         mean = fast_forward(self.actor, actor_in)
@@ -228,7 +157,7 @@ class GaussianCNNPolicy(Policy):
         """[E] values of raw observations (no statistics update), for bootstrapping truncations."""
         return fast_forward(self.critic, self._features(self._inputs(obs, update_stats=False))[1]).squeeze(-1)
 
-    def evaluate(self, policy_inputs: Dict[str, torch.Tensor]) -> PolicyOutput:
+    def log_probs(self, policy_inputs: Dict[str, torch.Tensor]) -> PolicyOutput:
         """policy_inputs: "pixels" uint8 [M, 1, C, H, W], "state" [M, 1, D] (if used),
         "actions" [M, 1, A] -> log-probs, entropy and values [M, 1]."""
         actor_in, critic_in = self._features(policy_inputs)

@@ -28,7 +28,7 @@ import logging
 import os
 import re
 import threading
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -44,29 +44,6 @@ _ACTIVATIONS = ("none", "relu", "gelu")
 _LAYER_KEY = re.compile(r"^(?:(?P<prefix>.*)\.)?(?P<index>\d+)\.(?P<kind>weight|bias)$")
 
 
-def _read_state_dict(path: str, option: str) -> Dict[str, Any]:
-    """Tensors of a safetensors file or a torch file loaded with ``weights_only=True``."""
-    import torch
-
-    if not os.path.isfile(path):
-        raise ConfigError(f"{option}: no file at {path}")
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any reader error is a bad file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{option}: could not load {path} (safetensors or a weights-only torch state dict): {first}") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"{option}: {path} does not hold a state dict of tensors")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-
-
 def load_head(path: str, hidden_sizes: Sequence[int] = LAION_HIDDEN_SIZES) -> List[Tuple[Any, Any]]:
     """The linear layers of a head file as ``[(weight [out, in], bias [out]), ...]`` float32
     tensors, checked against ``hidden_sizes`` (the last layer must have 1 output).
@@ -75,7 +52,9 @@ def load_head(path: str, hidden_sizes: Sequence[int] = LAION_HIDDEN_SIZES) -> Li
     unreadable, not in a known layout, or its layer sizes are not ``hidden_sizes + [1]``."""
     import torch
 
-    state = _read_state_dict(path, "head_weights")
+    from workbench.vision import read_state_dict
+
+    state = read_state_dict(path, "head_weights")
     if set(state) in ({"weight"}, {"weight", "bias"}):
         groups = {0: {k: v for k, v in state.items()}}
     else:
@@ -136,6 +115,8 @@ def preprocess(images: Sequence[Any], size: int, mean: Sequence[float], std: Seq
     import torch
     from PIL import Image
 
+    from workbench.vision import channel_stats
+
     resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
                 "lanczos": Image.LANCZOS}.get(str(interpolation), Image.BICUBIC)
     out = []
@@ -149,9 +130,7 @@ def preprocess(images: Sequence[Any], size: int, mean: Sequence[float], std: Seq
         img = img.crop((left, top, left + size, top + size))
         out.append(np.asarray(img, dtype=np.float32) / 255.0)
     x = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return (x - m) / s
+    return (x - channel_stats(mean, 3)) / channel_stats(std, 3)
 
 
 def _first_line(e: BaseException) -> str:
@@ -160,29 +139,14 @@ def _first_line(e: BaseException) -> str:
 
 
 def _timm_encoder(name: str, weights: Optional[str]):
-    """(model, forward, mean, std, size, interpolation) of a timm backbone without classifier."""
-    import timm
-    import torch
+    """(model, forward, mean, std, size, interpolation) of a timm backbone without classifier;
+    without weights, the same seed-0 random backbone on every build."""
+    from workbench.vision import data_config, timm_backbone
 
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # without weights: the same random encoder every time
-            model = timm.create_model(name, pretrained=False, num_classes=0)
-    except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"encoder: timm could not build 'timm:{name}': {_first_line(e)}") from None
+    model = timm_backbone(name, "encoder", weights=weights, weights_option="encoder_weights", seed=0)
     if weights is None:
         logger.warning("aesthetic_score: encoder timm:%s has random weights (no encoder_weights given)", name)
-    else:
-        state = _read_state_dict(str(weights), "encoder_weights")
-        classifier = str(model.pretrained_cfg.get("classifier") or "")
-        if classifier:  # the backbone is built without its classifier; drop one saved with it
-            state = {k: v for k, v in state.items() if not k.startswith(classifier + ".")}
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise ConfigError(f"encoder_weights: {weights} does not fit timm:{name}: {_first_line(e)}") from None
-    cfg = timm.data.resolve_model_data_config(model)
-    return model, model, cfg["mean"], cfg["std"], int(cfg["input_size"][-1]), cfg.get("interpolation", "bicubic")
+    return (model, model, *data_config(model))
 
 
 def _clip_encoder(source: str):

@@ -5,12 +5,11 @@ pre-trained vision encoder plus a small projection (ResNet-18 -> ``Linear(512, 3
 authors' code) and fine-tunes that encoder on human preferences. :class:`FrameEncoder` is
 that encoder: any timm model by name (``pretrained=False`` by default, or weights from a local
 file), optionally frozen or trainable only in its last stages, followed by an MLP head to
-``embed_dim``. ``backbone="cnn"`` builds a three-layer CNN for fast CPU experiments.
+``embed_dim``. ``backbone="cnn"`` builds a three-layer CNN for fast CPU experiments. Both
+backbones, their weights and their normalisation come from :mod:`workbench.vision`.
 """
 from __future__ import annotations
 
-import logging
-import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-logger = logging.getLogger(__name__)
+from workbench.vision import TinyCNN, channel_stats, data_config, stage_groups, timm_backbone
 
 __all__ = ["FrameEncoder", "TinyCNN", "video_to_tensor"]
 
@@ -47,50 +46,6 @@ def video_to_tensor(video: Any) -> torch.Tensor:
     if not x.is_floating_point():
         raise ValueError(f"video frames must be uint8 or float in [0, 1], got dtype {x.dtype}")
     return x.float()
-
-
-class TinyCNN(nn.Module):
-    """Three strided conv layers and a 4x4 average pool, flattened: ``[N, 3, H, W] -> [N, 16 * c]``.
-
-    The flattened 4x4 grid keeps *where* things are in the frame (a global average pool would
-    throw that away), which is what task-progress rewards need. GroupNorm, not BatchNorm, so a
-    frame's features never depend on the other frames of its batch.
-    """
-
-    def __init__(self, channels: Sequence[int] = (16, 32, 32)) -> None:
-        super().__init__()
-        c_in, stages = 3, []
-        for c in channels:
-            stages.append(nn.Sequential(nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(1, c), nn.ReLU()))
-            c_in = c
-        self.stages = nn.ModuleList(stages)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten())
-        self.num_features = c_in * 16
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for stage in self.stages:
-            x = stage(x)
-        return self.pool(x)
-
-
-def _load_backbone_weights(backbone: nn.Module, path: str) -> None:
-    """Load a local state dict (``.safetensors`` or a torch file, read with ``weights_only``)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"backbone weights not found: {path}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("state_dict", "model"):
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
-    if missing:
-        raise ValueError(f"backbone weights {path} lack {len(missing)} parameters, e.g. {missing[:3]}")
-    if unexpected:  # usually the classifier, which the backbone (num_classes=0) does not have
-        logger.info("backbone weights %s: ignored %d keys, e.g. %s", path, len(unexpected), unexpected[:3])
 
 
 class FrameEncoder(nn.Module):
@@ -129,19 +84,11 @@ class FrameEncoder(nn.Module):
             self.backbone = TinyCNN(cnn_channels)
             mean, std, size = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 64
         else:
-            import timm
-
-            try:
-                self.backbone = timm.create_model(backbone, pretrained=pretrained, num_classes=0)
-            except RuntimeError as e:  # timm: "Unknown model (...)"
-                raise ValueError(f"unknown timm backbone '{backbone}': {e}") from e
-            if weights:
-                _load_backbone_weights(self.backbone, weights)
-            data = timm.data.resolve_data_config({}, model=self.backbone)
-            mean, std, size = tuple(data["mean"]), tuple(data["std"]), int(data["input_size"][-1])
+            self.backbone = timm_backbone(backbone, "backbone", pretrained=pretrained, weights=weights)
+            mean, std, size = data_config(self.backbone)[:3]
         self.image_size = int(image_size or size)
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", channel_stats(mean, 3), persistent=False)
+        self.register_buffer("std", channel_stats(std, 3), persistent=False)
         feat = int(self.backbone.num_features)
         if head_hidden:
             self.head = nn.Sequential(nn.Linear(feat, head_hidden), nn.ReLU(), nn.Linear(head_hidden, embed_dim))
@@ -158,13 +105,7 @@ class FrameEncoder(nn.Module):
             return ()
         if trainable_stages < 0:
             raise ValueError(f"trainable_stages must be None or >= 0, got {trainable_stages}")
-        if self.config["backbone"] == "cnn":
-            groups = [[n for n, _ in stage.named_parameters(prefix=f"stages.{i}")]
-                      for i, stage in enumerate(self.backbone.stages)]
-        else:
-            from timm.models import group_parameters
-
-            groups = list(group_parameters(self.backbone, self.backbone.group_matcher(coarse=True)).values())
+        groups = stage_groups(self.backbone)
         train = set(sum(groups[max(0, len(groups) - trainable_stages):], [])) if trainable_stages else set()
         for name, p in self.backbone.named_parameters():
             p.requires_grad_(name in train)
