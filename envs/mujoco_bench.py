@@ -56,7 +56,7 @@ def ours_rate(env_id: str, profile: Dict, steps: int, seed: int = 0) -> float:
     run = validate(compose(overrides))
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(run, tmp)
-        logger = RunLogger(trainer.run_dir, run.total_steps, progress=False, tensorboard=False)
+        logger = RunLogger(trainer.run_dir, run.total_steps, progress=False, tensorboard=False, display=trainer.env.display())
         logger.log = lambda step, metrics: None  # time the loop, not the console
         trainer.save_checkpoint = lambda: None
         start = time.perf_counter()

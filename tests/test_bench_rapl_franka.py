@@ -1,4 +1,5 @@
-"""``workbench bench rapl-franka``: the JSON figures of a tiny run, the oracle, the pools."""
+"""``workbench bench rapl-franka`` / ``rapl-align`` (``envs/franka_rapl``): the JSON figures of a
+tiny run, the oracle, the pools, and that the engine finds them through the plugins alone."""
 import json
 import math
 import subprocess
@@ -7,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from workbench.bench import rapl_franka_pool as pools
+from envs.franka_rapl import oracle as oracles
+from envs.franka_rapl import pool as pools
 
 TINY = ["--budgets", "5", "--seeds", "1", "--train-episodes", "12", "--test-episodes", "8", "--epochs", "2",
         "--min-updates", "0", "--demos", "2"]
@@ -45,14 +47,24 @@ def test_bench_json_line_has_finite_correlations(tmp_path):
 
 
 def test_engine_import_does_not_import_envs():
-    code = "import sys, workbench.bench.rapl_franka, workbench.bench.rapl_franka_pool; print('envs' in sys.modules)"
+    code = ("import sys, workbench.bench, workbench.rewards.rapl, workbench.rewards.rapl.train; "
+            "from workbench.registry import BENCHMARKS; print('envs' in sys.modules, 'rapl-franka' in BENCHMARKS)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"
+
+
+def test_the_cli_finds_both_benchmarks_through_the_plugins():
+    """A fresh ``workbench bench`` reaches each benchmark's own option checks (not 'unknown benchmark')."""
+    for argv, said in ((["rapl-franka", "--budgets", "0"], "workbench bench rapl-franka: error: argument --budgets"),
+                       (["rapl-align", "--rewards", "x", "--methods", "dance"], "--methods: unknown ['dance']")):
+        out = subprocess.run([sys.executable, "-m", "workbench.cli", "bench", *argv], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode != 0 and said in out.stderr, out.stderr
 
 
 def test_bad_options_are_one_line_errors():
-    from workbench.bench.rapl_franka import parse_args
+    from envs.franka_rapl.quality_bench import parse_args
 
     for bad in (["--budgets", "0,5"], ["--budgets", "a"], ["--val-frac", "1"], ["--weights", "x.pt"], ["--layouts", "-1"],
                 ["--pretrain-epochs", "-1"], ["--pretrain-episodes", "2"]):
@@ -70,9 +82,9 @@ def test_oracle_ranks_detour_above_zone_crossing_above_no_push(env, seed):
     assert zone_steps["detour"] == 0 and zone_steps["straight"] > 0 and zone_steps["idle"] == 0
     assert episodes["detour"].infos[-1]["dist_object_goal"] < 0.05  # both pushes arrive
     assert episodes["straight"].infos[-1]["dist_object_goal"] < 0.05
-    score = {b: pools.oracle_score(e.infos) for b, e in episodes.items()}
+    score = {b: oracles.oracle_score(e.infos) for b, e in episodes.items()}
     assert score["detour"] > score["straight"] > score["idle"], score
-    oracle = pools.make_oracle()
+    oracle = oracles.make_oracle()
     from workbench.rewards.rapl import Rollout
 
     rollouts = [Rollout(episodes[b].video, episodes[b].infos) for b in ("idle", "straight", "detour")]
@@ -82,14 +94,14 @@ def test_oracle_ranks_detour_above_zone_crossing_above_no_push(env, seed):
 
 def test_oracle_score_definition_and_bad_input():
     infos = [{"dist_object_goal": 0.1, "in_forbidden_zone": False}, {"dist_object_goal": 0.2, "in_forbidden_zone": True}]
-    assert pools.oracle_score(infos) == pytest.approx(-0.3 - pools.ZONE_LAMBDA)
-    assert pools.oracle_score(infos, zone_lambda=0) == pytest.approx(-0.3)
+    assert oracles.oracle_score(infos) == pytest.approx(-0.3 - oracles.ZONE_LAMBDA)
+    assert oracles.oracle_score(infos, zone_lambda=0) == pytest.approx(-0.3)
     with pytest.raises(ValueError, match="at least one"):
-        pools.oracle_score([])
+        oracles.oracle_score([])
     with pytest.raises(ValueError, match="in_forbidden_zone"):
-        pools.oracle_score([{"dist_object_goal": 0.1}])
+        oracles.oracle_score([{"dist_object_goal": 0.1}])
     with pytest.raises(ValueError, match="zone_lambda"):
-        pools.oracle_score(infos, zone_lambda=-1)
+        oracles.oracle_score(infos, zone_lambda=-1)
 
 
 def test_pool_is_deterministic_and_mixes_behaviours(env):
@@ -112,7 +124,7 @@ def test_pool_is_deterministic_and_mixes_behaviours(env):
 
 def test_bench_rapl_align_trains_on_learned_rewards_and_scores_with_the_oracle(tmp_path):
     """One short PPO iteration per method on saved reward checkpoints; the oracle scores the policies."""
-    from workbench.bench.rapl_align import bench_rapl_align
+    from envs.franka_rapl.alignment_bench import bench_rapl_align
     from workbench.registry import ConfigError
     from workbench.rewards.rapl import FrameEncoder, RAPLReward, RLHFRewardModel
 
@@ -135,8 +147,8 @@ def test_pretraining_gives_both_methods_the_same_frozen_backbone(tmp_path):
     both trained rewards keep it bit for bit (frozen); the figures carry the fit."""
     import torch
 
-    from workbench.bench import rapl_pretrain as pre
-    from workbench.bench.rapl_franka import bench_rapl_franka
+    from envs.franka_rapl import pretrain as pre
+    from envs.franka_rapl.quality_bench import bench_rapl_franka
     from workbench.rewards.rapl import RAPLReward, RLHFRewardModel
 
     figures = bench_rapl_franka([*TINY, "--pretrain-epochs", "1", "--pretrain-episodes", "6", "--out", str(tmp_path)])
@@ -159,7 +171,7 @@ def test_pretraining_gives_both_methods_the_same_frozen_backbone(tmp_path):
 
 
 def test_frame_labels_follow_the_rendered_steps():
-    from workbench.bench import rapl_pretrain as pre
+    from envs.franka_rapl import pretrain as pre
 
     infos = [{"object_pos": [t, 0.1, 0.02], "goal_pos": [0.5, 0.2, 0.02], "ee_pos": [0.3, t, 0.1]} for t in range(11)]
     y = pre.frame_labels(infos, zone=[0.4, 0.15], frames=3, frame_every=5)

@@ -42,6 +42,24 @@ def test_rng_state_restores_streams(tmp_path):
     np.testing.assert_array_equal(a[1], b[1])
 
 
+def test_python_random_state_as_plain_lists_and_back(tmp_path):
+    """One form for every Python RNG a checkpoint holds (the global one, an env's own Random)."""
+    import random
+
+    rng = random.Random(7)
+    rng.random()
+    plain = checkpoint.python_rng_to_plain(rng.getstate())
+    assert isinstance(plain, list) and isinstance(plain[1], list) and len(plain[1]) == 625
+    path = checkpoint.save(tmp_path / "c.safetensors", {"env": {"rng": plain}, "rng": checkpoint.rng_state()})
+    expected, global_expected = [rng.random() for _ in range(3)], [random.random() for _ in range(3)]
+    back = checkpoint.load(path)
+    other = random.Random(0)
+    other.setstate(checkpoint.python_rng_from_plain(back["env"]["rng"]))
+    checkpoint.set_rng_state(back["rng"])
+    assert [other.random() for _ in range(3)] == expected
+    assert [random.random() for _ in range(3)] == global_expected
+
+
 def test_file_is_plain_safetensors_without_pickle(tmp_path):
     path = checkpoint.save(tmp_path / "c.safetensors", nested_state())
     with safe_open(str(path), framework="pt") as f:

@@ -14,7 +14,7 @@ from workbench.trainer import Trainer, minibatches
 
 @pytest.fixture(scope="module")
 def pipelines(tmp_path_factory):
-    from workbench.policies.tiny_pipelines import build_tiny_sd, build_tiny_sd3
+    from tiny_pipelines import build_tiny_sd, build_tiny_sd3
 
     root = tmp_path_factory.mktemp("pipelines")
     return {"sd": str(build_tiny_sd(root / "sd")), "sd3": str(build_tiny_sd3(root / "sd3"))}
@@ -48,7 +48,7 @@ def first_pass(policy, batch, algo):
     """Every minibatch of one epoch: ratio and KL as the trainer's first pass sees them."""
     batch = compute_advantages(batch, algo)
     for mb in minibatches(batch, policy.sample_unit, algo.num_minibatches):
-        yield mb, policy.evaluate(mb.policy_inputs)
+        yield mb, policy.log_probs(mb.policy_inputs)
 
 
 def test_flow_step_logp_matches_torch_normal_and_ode_limit_matches_diffusers(pipelines):
@@ -83,7 +83,7 @@ def test_flow_step_logp_matches_torch_normal_and_ode_limit_matches_diffusers(pip
 def test_flow_ratio_is_one_kl_zero_at_lora_init_and_checkpoint_holds_adapters_only(pipelines):
     policy = flow_policy(pipelines["sd3"], lora={"r": 2}, reference="lora_base", timestep_fraction=0.67)
     env = text_env()
-    batch = env.score(env.collect(policy))
+    batch = env.assign_rewards(env.collect(policy))
     assert set(batch.row_inputs) == {"encoder_hidden_states", "pooled_projections"}
     assert batch.mask.sum(1).eq(2).all()  # round(3 * 0.67) steps per image
     algo = AlgoConfig(advantage="grpo", num_minibatches=2, update_epochs=1, beta=0.1, epsilon=1e-4)
@@ -129,7 +129,7 @@ def test_sd_pipeline_ddpo_ratio_one_and_kl_zero_with_lora(pipelines):
     policy = sd_policy(pipelines["sd"], lora={"r": 2}, reference="lora_base")
     assert "model.conv_in.weight" not in policy.state_dict()
     env = text_env()
-    batch = env.score(env.collect(policy))
+    batch = env.assign_rewards(env.collect(policy))
     assert batch.row_inputs["encoder_hidden_states"].shape[0] == batch.num_rows
     algo = AlgoConfig(advantage="grpo", num_minibatches=3, update_epochs=1, beta=0.1)
     for mb, out in first_pass(policy, batch, algo):
@@ -140,7 +140,7 @@ def test_sd_pipeline_ddpo_ratio_one_and_kl_zero_with_lora(pipelines):
 
 
 def test_trained_window_and_backward_progressive_schedule():
-    from workbench.policies.denoising import trained_window
+    from workbench.stages.step_selectors import trained_window
 
     assert trained_window(10, 0, None, None, 100) == (0, 10)
     assert trained_window(10, 0, [2, -2], None, 100) == (2, 8)
@@ -162,7 +162,7 @@ def test_branch_sampling_shares_the_chain_before_the_window(pipelines):
         assert not torch.equal(rows[0, 3], rows[1, 3])  # the branches split at step 2
     assert not torch.equal(x[0, 0], x[3, 0])  # different trunks
     assert batch.mask[:, :2].eq(0).all() and batch.mask[:, 2:].eq(1).all()
-    out = policy.evaluate({**{k: v[:, 2:3] for k, v in batch.policy_inputs.items()},
+    out = policy.log_probs({**{k: v[:, 2:3] for k, v in batch.policy_inputs.items()},
                            **{k: v.unsqueeze(1) for k, v in batch.row_inputs.items()}})
     torch.testing.assert_close(out.logp[:, 0], batch.logp_old[:, 2], rtol=0, atol=1e-5)
 

@@ -128,7 +128,7 @@ def test_sd_lora_loads_with_load_lora_weights_and_reproduces_the_unet(tmp_path):
     from diffusers import StableDiffusionPipeline
 
     from workbench.export import export_run
-    from workbench.policies.tiny_pipelines import build_tiny_sd
+    from tiny_pipelines import build_tiny_sd
 
     sd = build_tiny_sd(tmp_path / "sd")
     run_dir, policy, _ = make_run(tmp_path, UNET + ["env=animal_prompts", f"policy.pretrained={sd}",
@@ -152,7 +152,7 @@ def test_sd3_lora_as_diffusers_lora_and_merged_transformer(tmp_path):
     from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 
     from workbench.export import export_run
-    from workbench.policies.tiny_pipelines import build_tiny_sd3
+    from tiny_pipelines import build_tiny_sd3
 
     sd3 = build_tiny_sd3(tmp_path / "sd3")
     run_dir, policy, _ = make_run(tmp_path, UNET + ["env=animal_prompts", "policy=sd35m_flow_lora", f"policy.pretrained={sd3}",

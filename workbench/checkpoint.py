@@ -12,7 +12,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -132,15 +132,25 @@ def prune(directory: Path, keep: int) -> None:
 def rng_state() -> Dict[str, Any]:
     import random
 
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(legacy=False), "python": _py_random_state(random.getstate())}
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(legacy=False),
+             "python": python_rng_to_plain(random.getstate())}
     if torch.cuda.is_available():
         state["cuda"] = [s for s in torch.cuda.get_rng_state_all()]
     return state
 
 
-def _py_random_state(s):
-    version, internal, gauss = s
+def python_rng_to_plain(state: Tuple[Any, ...]) -> List[Any]:
+    """A ``random.Random`` state (``getstate()``: version, 625-int tuple, gauss) as plain lists,
+    JSON-ready, the form checkpoints and env state dicts store; :func:`python_rng_from_plain`
+    reverses it."""
+    version, internal, gauss = state
     return [version, list(internal), gauss]
+
+
+def python_rng_from_plain(plain: Sequence[Any]) -> Tuple[Any, ...]:
+    """The ``random.Random`` state (for ``setstate``) that :func:`python_rng_to_plain` wrote."""
+    version, internal, gauss = plain
+    return (version, tuple(internal), gauss)
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
@@ -148,7 +158,6 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
+    random.setstate(python_rng_from_plain(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

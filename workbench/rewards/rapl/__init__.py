@@ -8,7 +8,9 @@ OT feature matching against preferred demonstrations. The pieces, independent of
 - :mod:`.encoder`: :class:`FrameEncoder` (timm backbone or tiny CNN + projection head);
 - :mod:`.transport`: cosine cost, Sinkhorn plan, OT similarity and per-frame rewards;
 - :mod:`.preferences`: rollouts, the simulated-human :class:`PreferenceOracle`, triplets, pairs;
-- :mod:`.train`: Bradley–Terry alignment of the encoder and the RLHF baseline's training;
+- :mod:`.train`: Bradley–Terry alignment of the encoder and the RLHF baseline's training, and
+  the pipelines from ranked triplets to a reward (:func:`train_rapl_reward`,
+  :func:`train_rlhf_reward`);
 - :mod:`.reward`: :class:`RAPLReward`, :class:`RLHFRewardModel`, checkpoints, Spearman.
 
 Importing this package only registers the ``rapl`` and ``rlhf_video`` rewards; torch, timm
@@ -26,9 +28,11 @@ _API = {
     "DEFAULT_REG": "transport", "cosine_cost": "transport", "transport_plan": "transport",
     "ot_similarity": "transport", "ot_similarities": "transport", "ot_frame_rewards": "transport",
     "Rollout": "preferences", "Triplet": "preferences", "Pair": "preferences",
-    "PreferenceOracle": "preferences", "sample_triplets": "preferences", "pairs_from_triplets": "preferences",
+    "PreferenceOracle": "preferences", "sample_triplets": "preferences", "split_triplets": "preferences",
+    "pairs_from_triplets": "preferences",
     "triplet_logits": "train", "triplet_accuracy": "train", "train_alignment": "train",
-    "pair_logits": "train", "pair_accuracy": "train", "train_rlhf": "train",
+    "pair_logits": "train", "pair_accuracy": "train", "train_rlhf": "train", "PAIRS_PER_TRIPLET": "train",
+    "epochs_for_updates": "train", "train_rapl_reward": "train", "train_rlhf_reward": "train",
     "RAPLReward": "reward", "RLHFRewardModel": "reward", "VideoRewardFn": "reward",
     "load_reward": "reward", "spearman_with_oracle": "reward",
 }

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["Rollout", "Triplet", "Pair", "PreferenceOracle", "sample_triplets", "pairs_from_triplets"]
+__all__ = ["Rollout", "Triplet", "Pair", "PreferenceOracle", "sample_triplets", "split_triplets",
+           "pairs_from_triplets"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,17 @@ def sample_triplets(pool: Sequence[Rollout], oracle: PreferenceOracle, budget: i
         i, j, k = rng.choice(len(pool), size=3, replace=False)
         out.append(oracle.label(pool[i], pool[j], pool[k]))
     return out
+
+
+def split_triplets(triplets: Sequence[Triplet],
+                   val_frac: float) -> Tuple[Sequence[Triplet], Optional[Sequence[Triplet]]]:
+    """(train, validation) of one preference budget: the last ``round(val_frac * B)`` triplets
+    validate (the paper holds out 20%), so budgets drawn with the same seed stay nested. A budget
+    under 5 triplets is too small to spare any: it trains on all of them, validation ``None``."""
+    if not 0 <= val_frac < 1:
+        raise ValueError(f"val_frac must be in [0, 1), got {val_frac}")
+    n_val = int(round(val_frac * len(triplets))) if len(triplets) >= 5 else 0
+    return (triplets[:len(triplets) - n_val], triplets[len(triplets) - n_val:]) if n_val else (triplets, None)
 
 
 def pairs_from_triplets(triplets: Sequence[Triplet]) -> List[Pair]:

@@ -9,12 +9,17 @@ authors' code the anchor is the most preferred video: the middle one must look c
 best than the worst does (``anchor="neutral"`` asks instead that the middle video be closer to
 the best than to the worst). The RLHF baseline (:func:`train_rlhf`) learns a per-frame reward
 whose sum ``R`` gives ``P(x > y) = sigmoid(R(x) - R(y))`` on the pairs of the same triplets.
+
+:func:`train_rapl_reward` and :func:`train_rlhf_reward` are the whole pipeline from one budget
+of ranked triplets to a reward a policy can train on (``RAPLReward.save`` /
+``RLHFRewardModel.save`` write what the ``rapl`` / ``rlhf_video`` rewards load); they spend the
+same answers and the same optimiser steps, so the two methods compare budget for budget.
 """
 from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -22,10 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench.rewards.rapl.encoder import FrameEncoder
-from workbench.rewards.rapl.preferences import Pair, Triplet
+from workbench.rewards.rapl.preferences import Pair, Triplet, pairs_from_triplets
+from workbench.rewards.rapl.reward import RAPLReward, RLHFRewardModel
 from workbench.rewards.rapl.transport import DEFAULT_REG, ot_similarities
 
-__all__ = ["triplet_logits", "triplet_accuracy", "train_alignment", "pair_logits", "pair_accuracy", "train_rlhf"]
+__all__ = ["triplet_logits", "triplet_accuracy", "train_alignment", "pair_logits", "pair_accuracy", "train_rlhf",
+           "PAIRS_PER_TRIPLET", "epochs_for_updates", "train_rapl_reward", "train_rlhf_reward"]
 
 ANCHORS = ("preferred", "neutral")
 
@@ -195,3 +202,43 @@ def train_rlhf(model: nn.Module, pairs: Sequence[Pair], *, epochs: int = 20, bat
     same curve as :func:`train_alignment` (pairs instead of triplets)."""
     return _fit(model, pairs, lambda b: pair_logits(model, b), _pair_targets, epochs=epochs, batch_size=batch_size,
                 lr=lr, weight_decay=weight_decay, val_items=val_pairs, keep_best=keep_best, seed=seed)
+
+
+# RLHF answers the same queries: each ranked triplet implies three pairs, so batches of three
+# times as many pairs keep the videos and optimiser steps per epoch equal to RAPL's
+PAIRS_PER_TRIPLET = 3
+
+
+def epochs_for_updates(train_triplets: int, batch_size: int, epochs: int, min_updates: int) -> int:
+    """``epochs``, or more when that would give fewer than ``min_updates`` optimiser steps on
+    ``train_triplets`` in batches of ``batch_size`` (a small budget is not starved)."""
+    if train_triplets < 1 or batch_size < 1 or epochs < 0 or min_updates < 0:
+        raise ValueError(f"need train_triplets >= 1, batch_size >= 1, epochs >= 0, min_updates >= 0; got "
+                         f"{train_triplets}, {batch_size}, {epochs}, {min_updates}")
+    return max(epochs, math.ceil(min_updates / math.ceil(train_triplets / batch_size)))
+
+
+def train_rapl_reward(encoder: FrameEncoder, triplets: Sequence[Triplet], demos: Sequence[Any], *,
+                      val_triplets: Optional[Sequence[Triplet]] = None, epochs: int = 20, batch_size: int = 10,
+                      lr: float = 1e-3, reg: float = DEFAULT_REG, temperature: float = 1.0,
+                      seed: int = 0) -> Tuple[RAPLReward, List[Dict[str, float]]]:
+    """RAPL from preferences: align ``encoder`` in place on ``triplets`` (:func:`train_alignment`,
+    keeping its best epoch on ``val_triplets``), then reward OT matching against ``demos``, the
+    preferred demonstrations. Returns ``(reward, training curve)``."""
+    curve = train_alignment(encoder, triplets, epochs=epochs, batch_size=batch_size, lr=lr, reg=reg,
+                            temperature=temperature, val_triplets=val_triplets, seed=seed)
+    return RAPLReward(encoder, demos, reg=reg), curve
+
+
+def train_rlhf_reward(encoder: FrameEncoder, triplets: Sequence[Triplet], *,
+                      val_triplets: Optional[Sequence[Triplet]] = None, epochs: int = 20, batch_size: int = 10,
+                      lr: float = 1e-3, seed: int = 0) -> Tuple[RLHFRewardModel, List[Dict[str, float]]]:
+    """The RLHF baseline from the same preferences: a per-frame reward head on ``encoder``
+    (its initial weights drawn from torch's generator now), trained with :func:`train_rlhf` on
+    the pairs the triplets imply, ``batch_size`` triplets' worth (:data:`PAIRS_PER_TRIPLET` x)
+    per step. Returns ``(reward model, training curve)``."""
+    model = RLHFRewardModel(encoder)
+    val_pairs = pairs_from_triplets(val_triplets) if val_triplets else None
+    curve = train_rlhf(model, pairs_from_triplets(triplets), epochs=epochs, lr=lr, val_pairs=val_pairs,
+                       batch_size=PAIRS_PER_TRIPLET * batch_size, seed=seed)
+    return model, curve

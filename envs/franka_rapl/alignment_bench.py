@@ -8,8 +8,9 @@ rewards watch the training episodes through ``env.video_reward`` with the frames
 were trained on (side camera, rendered at 85 px and centre-cropped to 64, every 5th step). The
 ``task`` row uses the env's own dense reward, which ignores the forbidden zone. Every final
 policy then runs ``--eval-episodes`` deterministic episodes on fresh layouts and is scored by
-the oracle of ``rapl-franka`` (``-sum dist(cube, goal) - lambda * steps in the zone``), with
-its success rate and the share of steps the cube spent in the zone.
+the oracle of ``rapl-franka`` (:func:`~envs.franka_rapl.oracle.oracle_score`:
+``-sum dist(cube, goal) - lambda * steps in the zone``), with its success rate and the share of
+steps the cube spent in the zone.
 
 Reward checkpoints come from ``workbench bench rapl-franka --out DIR`` (``rapl_b<budget>_s<seed>``
 and ``rlhf_b<budget>_s<seed>``): ``--rewards DIR --budget 100 --seed 0``.
@@ -26,15 +27,15 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
+from envs.franka_rapl import oracle as oracles
+from envs.franka_rapl import pool as pools
 from workbench.registry import BENCHMARKS, ConfigError
 
 METHODS = {"rapl": "rapl", "rlhf": "rlhf_video", "task": None}
 
 
 def _overrides(args, method: str, run_dir: str) -> List[str]:
-    from workbench.bench import rapl_franka_pool as pools
-
-    size = pools._render_size(64)
+    size = pools.rendered_size(64)
     overrides = [
         "experiment=franka_push_ppo", f"total_steps={args.steps}", "env.rollout_steps=2000", "progress=false",
         "eval_every=0", "eval_episodes=0", "checkpoint_every=0", "final_video=false", f"threads={args.threads}",
@@ -55,8 +56,6 @@ def oracle_eval(policy, episodes: int, seed: int) -> Dict[str, float]:
     """Deterministic episodes of the trained policy on fresh Push layouts, scored by the oracle."""
     import gymnasium as gym
 
-    from workbench.bench import rapl_franka_pool as pools
-
     env = gym.make("workbench/FrankaPush-v0", forbidden_zone=True)
     low, high = env.action_space.low, env.action_space.high
     scores, success, zone = [], [], []
@@ -69,7 +68,7 @@ def oracle_eval(policy, episodes: int, seed: int) -> Dict[str, float]:
                 obs, _, term, trunc, info = env.step(np.clip(out.actions[0].cpu().numpy(), low, high))
                 infos.append(info)
                 done = term or trunc
-            scores.append(pools.oracle_score(infos))
+            scores.append(oracles.oracle_score(infos))
             success.append(float(info["is_success"]))
             zone.append(float(np.mean([i["in_forbidden_zone"] for i in infos])))
     finally:

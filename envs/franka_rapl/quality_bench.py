@@ -2,15 +2,15 @@
 
 The reward-quality experiment of RAPL (Tian et al., arXiv 2412.04835, Table 1: Spearman 0.59
 for RAPL vs 0.38 for RLHF on a Franka task) on ``workbench/FrankaPush-v0`` with its forbidden
-zone on. A simulated human (:func:`~workbench.bench.rapl_franka_pool.oracle_score`: push the
+zone on. A simulated human (:func:`~envs.franka_rapl.oracle.oracle_score`: push the
 cube to the goal, keep it out of the red zone) ranks triplets of scripted robot videos. For each
 preference budget (triplets) and seed, both methods get the same triplets:
 
 - RAPL aligns a :class:`~workbench.rewards.rapl.FrameEncoder` on them (Bradley-Terry over OT
-  similarities, ``train_alignment``); its reward is OT feature matching against the ``--demos``
+  similarities, ``train_rapl_reward``); its reward is OT feature matching against the ``--demos``
   best videos of the training pool (the paper's expert demonstrations; RLHF never sees them);
 - RLHF trains the same encoder architecture (same initial weights) plus a linear per-frame
-  head on the three pairs each triplet implies (``train_rlhf``), i.e. the same answers.
+  head on the three pairs each triplet implies (``train_rlhf_reward``), i.e. the same answers.
 
 Both keep the weights of their best epoch on a validation split of the budget (the paper's 80/20)
 and train for the same epochs (at least ``--min-updates`` optimiser steps, so small budgets are
@@ -24,10 +24,8 @@ order. A method wins when its paired mean advantage exceeds two standard errors 
 ResNet-18 under a trained head): before any preference is asked, the backbone is trained for N
 epochs on a third, unlabeled pool (``--pretrain-episodes``, pool seed ``--pool-seed + 2``, never
 the held-out one) to regress simulator scene quantities from single frames
-(:mod:`~workbench.bench.rapl_pretrain`). Both methods then start from that backbone, frozen
+(:mod:`~envs.franka_rapl.pretrain`). Both methods then start from that backbone, frozen
 (``--trainable-stages`` defaults to 0), and train only their heads on the same triplets.
-
-The env package is imported inside the function through ``workbench.plugins``, never at import.
 """
 from __future__ import annotations
 
@@ -42,11 +40,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from envs.franka_rapl import oracle as oracles
+from envs.franka_rapl import pool as pools
+from envs.franka_rapl import pretrain as pre
+from envs.franka_rapl.plots import plot_frames, plot_spearman
 from workbench.registry import BENCHMARKS
-
-# RLHF trains on 3 pairs per triplet; 3x the pair batch keeps the videos and optimiser steps
-# per epoch equal to RAPL's
-PAIRS_PER_TRIPLET = 3
 
 
 def _int_list(text: str) -> List[int]:
@@ -125,38 +123,28 @@ def _encoder(args: argparse.Namespace, seed: int, backbone: Optional[Dict[str, A
     return enc
 
 
-def _split(triplets: List[Any], val_frac: float):
-    """(train, val) of one budget: the last ``round(val_frac * B)`` triplets validate (none if B < 5)."""
-    n_val = int(round(val_frac * len(triplets))) if len(triplets) >= 5 else 0
-    return (triplets[:len(triplets) - n_val], triplets[len(triplets) - n_val:]) if n_val else (triplets, None)
-
-
 def run_one(args, budget: int, seed: int, train, test, oracle, demos, reg: float, out: Optional[str] = None,
             backbone: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Both methods at one (budget, seed): Spearman on ``test``, final training accuracy, seconds.
     With ``out`` the two trained rewards are saved there (``rapl_b<budget>_s<seed>.safetensors``,
     ``rlhf_b<budget>_s<seed>.safetensors``) for ``env.video_reward`` (``workbench bench rapl-align``).
     ``backbone``: the pre-trained backbone's state dict both encoders start from."""
-    from workbench.rewards.rapl import (RAPLReward, RLHFRewardModel, pairs_from_triplets, sample_triplets,
-                                        spearman_with_oracle, train_alignment, train_rlhf)
+    from workbench.rewards.rapl import (epochs_for_updates, sample_triplets, spearman_with_oracle, split_triplets,
+                                        train_rapl_reward, train_rlhf_reward)
 
     # the same seed draws the same first triplets at every budget, so budgets are nested
-    trip_train, trip_val = _split(sample_triplets(train, oracle, budget, seed=seed), args.val_frac)
-    epochs = max(args.epochs, math.ceil(args.min_updates / math.ceil(len(trip_train) / args.batch_size)))
+    trip_train, trip_val = split_triplets(sample_triplets(train, oracle, budget, seed=seed), args.val_frac)
+    epochs = epochs_for_updates(len(trip_train), args.batch_size, args.epochs, args.min_updates)
     row: Dict[str, Any] = {"budget": budget, "seed": seed, "train_triplets": len(trip_train),
                            "val_triplets": len(trip_val or []), "epochs": epochs}
+    fit = dict(val_triplets=trip_val, epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=seed)
     t0 = time.perf_counter()
-    enc = _encoder(args, seed, backbone)
-    curve = train_alignment(enc, trip_train, epochs=epochs, batch_size=args.batch_size, lr=args.lr, reg=reg,
-                            temperature=args.temperature, val_triplets=trip_val, seed=seed)
+    rapl, curve = train_rapl_reward(_encoder(args, seed, backbone), trip_train, demos, reg=reg,
+                                    temperature=args.temperature, **fit)
     t1 = time.perf_counter()
-    rapl = RAPLReward(enc, demos, reg=reg)
     row["spearman_rapl"] = spearman_with_oracle(rapl, test, oracle)
     t2 = time.perf_counter()
-    model = RLHFRewardModel(_encoder(args, seed, backbone))
-    pairs_val = pairs_from_triplets(trip_val) if trip_val else None
-    rcurve = train_rlhf(model, pairs_from_triplets(trip_train), epochs=epochs, lr=args.lr, val_pairs=pairs_val,
-                        batch_size=PAIRS_PER_TRIPLET * args.batch_size, seed=seed)
+    model, rcurve = train_rlhf_reward(_encoder(args, seed, backbone), trip_train, **fit)
     t3 = time.perf_counter()
     row["spearman_rlhf"] = spearman_with_oracle(model, test, oracle)
     t4 = time.perf_counter()
@@ -231,15 +219,14 @@ def bench_rapl_franka(argv: List[str]) -> Dict[str, Any]:
     if args.pretrain_epochs and args.trainable_stages is None:
         args.trainable_stages = 0  # the paper's setting: a frozen pre-trained backbone
     import torch
-    from workbench.bench import rapl_franka_pool as pools
     from workbench.rewards.rapl import DEFAULT_REG, Rollout, spearman_with_oracle
 
     torch.set_num_threads(args.threads)
     out = args.out or tempfile.mkdtemp(prefix="rapl-franka-")
     os.makedirs(out, exist_ok=True)
-    zone_lambda = pools.ZONE_LAMBDA if args.zone_lambda is None else args.zone_lambda
+    zone_lambda = oracles.ZONE_LAMBDA if args.zone_lambda is None else args.zone_lambda
     reg = DEFAULT_REG if args.reg is None else args.reg
-    oracle = pools.make_oracle(zone_lambda, args.equal_tol)
+    oracle = oracles.make_oracle(zone_lambda, args.equal_tol)
     timings: Dict[str, float] = {}
 
     t = time.perf_counter()
@@ -337,12 +324,10 @@ def _rapl_untrained(args, seed: int, demos, reg: float, backbone: Optional[Dict[
 
 
 def _pretrain(args, pool, out: str):
-    """Pre-train a backbone on ``pool`` (see :mod:`~workbench.bench.rapl_pretrain`): its initial
+    """Pre-train a backbone on ``pool`` (see :mod:`~envs.franka_rapl.pretrain`): its initial
     weights from ``torch.manual_seed(args.pool_seed)``, 10% of the episodes held out for the
     fit. Saves it to ``out/pretrained_backbone.safetensors`` and returns ``(state dict, JSON
     figures)``: the fit per quantity, the curve, sizes, seconds, the file and a digest."""
-    from workbench.bench import rapl_pretrain as pre
-
     enc = _encoder(args, args.pool_seed)
     videos = [e.video for e in pool.episodes]
     labels = [pre.frame_labels(e.infos, e.zone, len(e.video), args.frame_every) for e in pool.episodes]
@@ -366,75 +351,3 @@ class _DistanceOnly:
 
     def score(self, video) -> float:
         return self._by_video[id(video)]
-
-
-# --- figures -------------------------------------------------------------------------------------
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_spearman(per_budget: List[Dict[str, Any]], untrained: Optional[float], path: str,
-                  pretrained: bool = False) -> None:
-    """Mean Spearman (with error bars of one std over seeds) of RAPL and RLHF against the
-    preference budget (triplets); a dashed line for RAPL with the unaligned encoder.
-    ``pretrained``: both started from the frozen pre-trained backbone (said in the title)."""
-    plt = _plt()
-    budgets = [r["budget"] for r in per_budget]
-    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
-    for key, label, colour in (("spearman_rapl", "RAPL (aligned encoder + OT)", "tab:blue"),
-                               ("spearman_rlhf", "RLHF (Bradley-Terry reward net)", "tab:orange")):
-        mean = [np.nan if r[key] is None else r[key] for r in per_budget]
-        std = [0.0 if r[f"{key}_std"] is None else r[f"{key}_std"] for r in per_budget]
-        ax.errorbar(budgets, mean, yerr=std, marker="o", capsize=4, label=label, color=colour)
-    if untrained is not None:
-        label = "RAPL, pre-trained backbone, unaligned head" if pretrained else "RAPL, unaligned encoder"
-        ax.axhline(untrained, ls="--", color="tab:gray", lw=1, label=label)
-    ax.axhline(0.0, color="black", lw=0.5)
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_locator(plt.NullLocator())
-    ax.set_xticks(budgets)
-    ax.set_xticklabels([str(b) for b in budgets])
-    ax.set_xlabel("preference budget (triplets)")
-    ax.set_ylabel("Spearman with the oracle (held-out)")
-    ax.set_ylim(-1, 1)
-    ax.set_title("FrankaPush with a forbidden zone" + ("\n(frozen pre-trained backbone, heads trained)" if pretrained else ""),
-                 fontsize=9 if pretrained else None)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def plot_frames(episodes: Sequence[Any], scores: Sequence[float], path: str, frames: int = 7) -> None:
-    """A strip of ``frames`` evenly spaced frames of three held-out episodes: the oracle's
-    favourite, a zone-crossing one (the best scored among those that enter the zone: a push
-    the oracle dislikes for the zone alone) and the oracle's least favourite."""
-    plt = _plt()
-    order = np.argsort(scores)[::-1]
-    crossing = [i for i in order if any(info["in_forbidden_zone"] for info in episodes[i].infos)]
-    picks = [("preferred", order[0])]
-    if crossing:
-        picks.append(("crosses the zone", crossing[0]))
-    picks.append(("least preferred", order[-1]))
-    fig, axes = plt.subplots(len(picks), frames, figsize=(1.3 * frames, 1.45 * len(picks)), dpi=110, squeeze=False)
-    for row, (label, i) in enumerate(picks):
-        video = episodes[i].video
-        idx = np.linspace(0, len(video) - 1, frames).round().astype(int)
-        for col, k in enumerate(idx):
-            ax = axes[row, col]
-            ax.imshow(video[k], interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col == 0:
-                ax.set_ylabel(f"{label}\n{episodes[i].behaviour}\n{scores[i]:.1f}", fontsize=6)
-    fig.suptitle("held-out episodes: frames over time (left to right); oracle score at left", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

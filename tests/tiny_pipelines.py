@@ -1,4 +1,4 @@
-"""Tiny text-to-image pipelines with random weights, written to disk like real ones.
+"""Test fixture: tiny text-to-image pipelines with random weights, written to disk like real ones.
 
 Nothing can be downloaded on our machines, so tests (and CPU smoke runs) build a Stable
 Diffusion (UNet + VAE + CLIP text encoder) or Stable Diffusion 3 (MMDiT + VAE + two CLIP text
@@ -6,7 +6,9 @@ encoders, no T5) pipeline from configs, with a character-level CLIP tokenizer wr
 generated vocabulary, and ``save_pretrained`` it. The policies then load the folder through
 the same ``from_pretrained`` path a user's real model takes.
 
-    python -m workbench.policies.tiny_pipelines sd3 /tmp/tiny-sd3
+Tests import it as ``tiny_pipelines`` (pytest puts ``tests/`` on the path); from a shell:
+
+    python tests/tiny_pipelines.py sd3 /tmp/tiny-sd3
 """
 from __future__ import annotations
 
@@ -89,6 +91,6 @@ def build_tiny_sd3(folder: str, seed: int = 0) -> Path:
     return folder
 
 
-if __name__ == "__main__":  # python -m workbench.policies.tiny_pipelines {sd,sd3} FOLDER
+if __name__ == "__main__":  # python tests/tiny_pipelines.py {sd,sd3} FOLDER
     kind, out = sys.argv[1], sys.argv[2]
     print({"sd": build_tiny_sd, "sd3": build_tiny_sd3}[kind](out))
