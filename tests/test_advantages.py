@@ -17,6 +17,7 @@ from torch.testing import assert_close
 
 from workbench.advantages import compute_advantages, gae
 from workbench.batch import Batch
+from workbench.config import AlgoConfig
 from workbench.registry import ADVANTAGES, ConfigError
 
 F64 = torch.float64
@@ -38,6 +39,7 @@ def make_cfg(**overrides):
         stat_min_count=3,
     )
     cfg.update(overrides)
+    cfg["stages"] = AlgoConfig(advantage_clip=cfg["advantage_clip"]).stages  # the clip modifier it stands for
     return SimpleNamespace(**cfg)
 
 

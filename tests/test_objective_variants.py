@@ -83,10 +83,7 @@ def test_high_entropy_mask_keeps_the_top_quantile_of_valid_tokens():
 
 
 def cfg(**kw):
-    base = AlgoConfig(advantage="grpo", vf_coef=0.0, normalize_advantages="none")
-    for k, v in kw.items():
-        setattr(base, k, v)
-    return base
+    return AlgoConfig(**{"advantage": "grpo", "vf_coef": 0.0, "normalize_advantages": "none", **kw})
 
 
 def minibatch(**kw):

@@ -10,6 +10,7 @@ import torch
 from torch.testing import assert_close
 
 from workbench.batch import Minibatch
+from workbench.config import AlgoConfig
 from workbench.objectives import (
     PolicyOutput,
     clipped_surrogate,
@@ -323,6 +324,8 @@ def obj_cfg(**overrides):
         top_entropy_quantile=1.0,
     )
     cfg.update(overrides)
+    # the loss modifiers these flat options stand for, read as AlgoConfig reads them
+    cfg["stages"] = AlgoConfig(tis_cap=cfg["tis_cap"], top_entropy_quantile=cfg["top_entropy_quantile"]).stages
     return SimpleNamespace(**cfg)
 
 

@@ -190,8 +190,9 @@ def normalize_advantages(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def compute_advantages(batch: Batch, cfg, state: Optional[Dict[str, Any]] = None) -> Batch:
-    """Run the configured estimator, then the batch-level modifiers: normalisation and
-    ``advantage_clip`` (DDPO / Flow-GRPO clip advantages to +-5)."""
+    """Run the configured estimator, then batch normalisation (``normalize_advantages=batch``)
+    and the configured advantage modifiers (``algo.advantage_modifiers``: DDPO / Flow-GRPO's
+    clip to +-5, alias ``algo.advantage_clip``; :mod:`workbench.stages.advantage_modifiers`)."""
     fn = ADVANTAGES.get(cfg.advantage)
     if getattr(fn, "stateful", False):
         adv, ret = fn(batch, cfg, {} if state is None else state)
@@ -199,6 +200,6 @@ def compute_advantages(batch: Batch, cfg, state: Optional[Dict[str, Any]] = None
         adv, ret = fn(batch, cfg)
     if cfg.normalize_advantages == "batch":
         adv = normalize_advantages(adv, batch.mask)
-    if cfg.advantage_clip is not None:
-        adv = adv.clamp(-cfg.advantage_clip, cfg.advantage_clip)
+    for modifier in cfg.stages.advantage_modifiers:
+        adv = modifier(adv, batch)
     return batch.with_(advantages=adv, returns=ret)

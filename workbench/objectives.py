@@ -1,31 +1,22 @@
 """Objectives: small pure functions of [N, T] tensors, registered by name.
 
 The full loss is ``policy_loss + vf_coef * value_loss - ent_coef * entropy + beta * kl``,
-each term aggregated over the mask with ``loss_agg_mode``. Option names follow TRL/verl:
+each term aggregated over the mask with ``loss_agg_mode``. The configured loss modifiers
+(``algo.loss_modifiers``: TIS, top-entropy tokens; :mod:`workbench.stages.loss_modifiers`)
+reweight the per-step policy loss before it is aggregated. Option names follow TRL/verl:
 ``epsilon``, ``epsilon_high``, ``dual_clip``, ``importance_sampling_level``, ``beta``,
 ``kl_estimator``, ``loss_agg_mode``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 from typing import Dict, Optional, Tuple
 
 import torch
 
-from workbench.batch import Minibatch
+from workbench.batch import Minibatch, PolicyOutput  # noqa: F401  (PolicyOutput: re-exported)
 from workbench.registry import ConfigError, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
-
-
-@dataclass
-class PolicyOutput:
-    """What ``policy.evaluate`` returns for a minibatch; all tensors [M, T] like its mask."""
-
-    logp: torch.Tensor
-    entropy: Optional[torch.Tensor] = None
-    values: Optional[torch.Tensor] = None
-    ref_logp: Optional[torch.Tensor] = None  # token policies: KL by k1/k2/k3 estimators
-    kl: Optional[torch.Tensor] = None  # exact per-step KL where closed form exists (Gaussian steps)
+from workbench.stages.loss_modifiers import high_entropy_mask  # noqa: F401  (re-exported: moved to a stage)
 
 
 # ---------------------------------------------------------------- aggregation
@@ -73,11 +64,11 @@ def log_ratio(logp: torch.Tensor, logp_old: torch.Tensor, mask: torch.Tensor, le
     The sequence ratio is the length-normalised mean of token log-ratios; it is applied to each
     token as ``sg[s] + logp - sg[logp]`` so gradients still flow per token.
     """
-    lr = logp - logp_old
+    token_log_ratio = logp - logp_old
     if level == "token":
-        return lr
+        return token_log_ratio
     if level == "sequence":
-        seq = (lr * mask).sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp(min=1)
+        seq = (token_log_ratio * mask).sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp(min=1)
         return seq.detach() + logp - logp.detach()
     raise ConfigError(f"unknown importance_sampling_level '{level}'; valid choices: sequence, token")
 
@@ -194,18 +185,6 @@ def kl_forward(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return value.detach() + surrogate - surrogate.detach()
 
 
-def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float) -> torch.Tensor:
-    """[M, T] 1 for valid tokens whose entropy is in the top ``quantile`` fraction (Wang et al.
-    2025, "high-entropy minority tokens"; TRL ``top_entropy_quantile``), 0 elsewhere."""
-    if quantile >= 1.0:
-        return mask
-    valid = entropy.detach()[mask > 0]
-    if valid.numel() == 0:
-        return mask
-    threshold = torch.quantile(valid.float(), 1.0 - quantile)
-    return mask * (entropy.detach() >= threshold).float()
-
-
 # ---------------------------------------------------------------- value loss
 
 def value_loss(values: torch.Tensor, values_old: Optional[torch.Tensor], returns: torch.Tensor, clip: Optional[float]) -> torch.Tensor:
@@ -224,18 +203,12 @@ def objective(out: PolicyOutput, mb: Minibatch, cfg) -> Tuple[torch.Tensor, Dict
     norm = cfg.loss_agg_norm if cfg.loss_agg_norm is not None else mb.max_steps  # Dr.GRPO's constant
     aggregate = partial(LOSS_AGGREGATIONS.get(cfg.loss_agg_mode), norm=norm)
     mask = mb.mask
-    lr = log_ratio(out.logp, mb.logp_old, mask, cfg.importance_sampling_level)
-    pg, clipped = POLICY_LOSSES.get(cfg.policy_loss)(lr, mb.advantages, cfg)
+    ratio_log = log_ratio(out.logp, mb.logp_old, mask, cfg.importance_sampling_level)
+    pg, clipped = POLICY_LOSSES.get(cfg.policy_loss)(ratio_log, mb.advantages, cfg)
     metrics: Dict[str, torch.Tensor] = {}
-    if cfg.tis_cap is not None and mb.rollout_logp is not None:
-        # truncated importance sampling: the sampler (e.g. vLLM) is not exactly the trained model
-        tis = torch.clamp(torch.exp(mb.logp_old - mb.rollout_logp), max=cfg.tis_cap)
-        pg = pg * tis
-        metrics["policy/tis_weight"] = ((tis * mask).sum() / mask.sum().clamp(min=1)).detach()
-    if cfg.top_entropy_quantile < 1.0:
-        if out.entropy is None:
-            raise ConfigError("algo.top_entropy_quantile < 1 needs a policy that returns per-token entropy")
-        pg = pg * high_entropy_mask(out.entropy, mask, cfg.top_entropy_quantile)
+    for modifier in cfg.stages.loss_modifiers:  # TIS, top-entropy tokens, ... (workbench/stages)
+        pg, modifier_metrics = modifier(pg, out, mb)
+        metrics.update(modifier_metrics)
     loss = aggregate(pg, mask)
     metrics["loss/policy"] = loss.detach()
 
