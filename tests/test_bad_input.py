@@ -156,3 +156,30 @@ def test_max_new_tokens_that_only_the_prompt_pushes_past_the_context(tmp_path, c
     # 255 new tokens fit 256 positions, but no prompt of 'a+b=' (>= 4 character tokens) leaves room for them
     line = one_line_error(capsys, [*TEXT, "policy.max_new_tokens=255", f"run_dir={tmp_path / 'run'}"])
     assert "policy.max_new_tokens=255" in line and "prompt" in line
+
+
+# ------------------------------------------------------------------ cross-section checks at start-up
+def test_kl_coefficient_without_a_reference_is_refused_at_start_up(tmp_path, capsys):
+    line = one_line_error(capsys, [*TEXT, "algo.beta=0.1", f"run_dir={tmp_path / 'run'}"])
+    assert "algo.beta=0.1 needs a KL reference" in line and "policy.reference" in line
+    assert not (tmp_path / "run").exists()  # refused before the model loads or anything is written
+    line = one_line_error(capsys, [*DIFFUSION, "algo.beta=0.01", f"run_dir={tmp_path / 'run'}"])
+    assert "algo.beta=0.01 needs a KL reference" in line and not (tmp_path / "run").exists()
+
+
+def test_overlong_buffer_beyond_the_generation_limit_is_refused_at_start_up(tmp_path, capsys):
+    line = one_line_error(capsys, [*TEXT, "env.overlong_buffer=16", f"run_dir={tmp_path / 'run'}"])
+    assert "env.overlong_buffer=16 exceeds policy.max_new_tokens=8" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("rewards, message", [
+    ("[{name: math_accuracy, tolerance: 0.1}]", "env.rewards[0]: unknown option 'tolerance' for reward 'math_accuracy'"),
+    ("[{name: math_accuracy}, {name: countdown, format_score: abc}]", "bad value for 'env.rewards[1].format_score'"),
+    ("[{name: regex_match}]", "env.rewards[0]: reward 'regex_match' needs option(s): pattern"),
+    ("[{name: math_acc}]", "env.rewards[0]: unknown reward 'math_acc'; valid choices: "),
+])
+def test_reward_options_are_checked_at_start_up(tmp_path, capsys, rewards, message):
+    line = one_line_error(capsys, [*TEXT, f"env.rewards={rewards}", f"run_dir={tmp_path / 'run'}"])
+    assert message in line
+    assert not (tmp_path / "run").exists()

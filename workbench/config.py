@@ -2,15 +2,20 @@
 
 The composed tree has four sections: top-level run options (``RunConfig``), ``algo``
 (``AlgoConfig``, one schema for the whole PPO/GRPO family), and ``env`` / ``policy``, each
-validated by the config dataclass of the component its ``name`` selects. Unknown keys and
-bad values raise ``ConfigError`` with one line naming the key and the valid choices.
+validated by the config dataclass of the component its ``name`` selects.
+
+One source of truth: every option and its default is a dataclass field (the YAML files hold
+only what differs), a field with a fixed set of values declares it with :func:`choice`, and a
+list of rewards with :func:`reward_specs`. :func:`validate` refuses, with one line naming the
+key, an unknown key, a bad value or choice, bad reward options and any cross-section mistake
+(``algo.beta`` without a reference, ...) at start-up, before a model loads.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -24,12 +29,73 @@ from workbench.registry import (
     LR_SCHEDULES,
     POLICIES,
     POLICY_LOSSES,
+    Registry,
 )
+from workbench.stages import configured_stages
 
 
-def _choice(value: Any, choices, key: str) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key}={value!r} is not valid; valid choices: {', '.join(map(str, choices))}")
+def choice(*choices: Any, registry: Optional[Registry] = None) -> Any:
+    """A config field whose value must be one of ``choices`` (the first is the default), or a
+    name in ``registry`` (then the only positional is the default).
+
+    OmegaConf structured configs cannot type a field as ``Literal[...]``, so the field stays a
+    plain ``str`` and the choices live in its metadata, where :func:`check_choices` finds them.
+    ``None`` is valid only when listed (shown as ``null``); an entry with a ``<placeholder>``
+    (``"timm:<model name>"``) accepts any value that starts with the text before it.
+    """
+    if not choices:
+        raise TypeError("choice() needs a default")
+    meta = {"registry": registry} if registry is not None else {"choices": tuple(dict.fromkeys(choices))}
+    return field(default=choices[0], metadata=meta)
+
+
+def valid_choices(f: dataclasses.Field) -> Optional[List[Any]]:
+    """The values a field declared with :func:`choice` accepts (None: any value)."""
+    if "registry" in f.metadata:
+        return [*f.metadata["registry"].names(), *([None] if f.default is None else [])]
+    return list(f.metadata["choices"]) if "choices" in f.metadata else None
+
+
+def _accepts(choices: List[Any], value: Any) -> bool:
+    for c in choices:
+        if isinstance(c, str) and "<" in c:
+            prefix = c.split("<", 1)[0]
+            if isinstance(value, str) and value.startswith(prefix) and len(value) > len(prefix):
+                return True
+        elif value == c:
+            return True
+    return False
+
+
+def check_choices(config: Any, section: str) -> None:
+    """Refuse, with one line, any field of the dataclass ``config`` (nested dataclasses too)
+    whose value is not one of its declared choices. ``section`` prefixes the key (``algo``)."""
+    for path, f, value in _fields(config, section):
+        choices = valid_choices(f)
+        if choices is not None and not _accepts(choices, value):
+            raise invalid_choice(path, value, choices)
+
+
+def invalid_choice(key: str, value: Any, choices: Sequence[Any]) -> ConfigError:
+    """The one message of a value outside its choices (``None`` is listed last, as ``null``)."""
+    shown = ", ".join([str(c) for c in choices if c is not None] + (["null"] if None in choices else []))
+    return ConfigError(f"{key}={value!r} is not valid; valid choices: {shown}")
+
+
+def _fields(config: Any, section: str) -> Iterator[Tuple[str, dataclasses.Field, Any]]:
+    """(dotted key, field, value) of every field of a dataclass tree, parents before children."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        path = f"{section}.{f.name}" if section else f.name
+        yield path, f, value
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            yield from _fields(value, path)
+
+
+def reward_specs(*defaults: Dict[str, Any]) -> Any:
+    """A config field holding a list of reward specs (``{name, weight, **options}``, see
+    :class:`workbench.rewards.base.RewardPipeline`), checked by :func:`validate` at start-up."""
+    return field(default_factory=lambda: [dict(d) for d in defaults], metadata={"reward_specs": True})
 
 
 # TRL's GRPOConfig.loss_type names -> (policy_loss, loss_agg_mode). DAPO and CISPO normalise by
@@ -52,16 +118,16 @@ class AlgoConfig:
     """Every knob of the shared PPO/GRPO engine (TRL/verl names where they exist)."""
 
     name: str = "ppo"  # a label for logs; behaviour comes from the fields below
-    advantage: str = "gae"  # gae | grpo | dr_grpo | rloo | reinforce_pp | per_prompt (DDPO stat tracking)
-    advantage_clip: Optional[float] = None  # clamp advantages to [-c, c] (DDPO / Flow-GRPO: 5)
+    advantage: str = choice("gae", registry=ADVANTAGES)  # gae | grpo | dr_grpo | rloo | reinforce_pp | per_prompt (DDPO stat tracking)
+    advantage_clip: Optional[float] = None  # alias of advantage modifier {name: clip, bound: c} (DDPO / Flow-GRPO: 5)
     stat_buffer_size: int = 32  # per_prompt: rewards remembered per prompt (DDPO: 16-32)
     stat_min_count: int = 16  # per_prompt: below this many, normalise by the batch instead
     gamma: Optional[float] = None  # discount; unset: 0.99 (CleanRL GAE), but 1.0 for reinforce_pp (REINFORCE++ / OpenRLHF)
     gae_lambda: float = 0.95
-    scale_rewards: str = "group"  # grpo: divide by group | batch std, or none (TRL)
-    normalize_advantages: str = "minibatch"  # minibatch (CleanRL norm_adv) | batch | none
-    loss_type: Optional[str] = None  # TRL preset, sets policy_loss + loss_agg_mode: grpo | bnpo | dr_grpo | dapo | cispo | dispo
-    policy_loss: Optional[str] = None  # clip (PPO/GRPO; default) | cispo (MiniMax-M1) | dispo
+    scale_rewards: str = choice("group", "batch", "none")  # grpo: divide by group | batch std, or none (TRL)
+    normalize_advantages: str = choice("minibatch", "batch", "none")  # minibatch (CleanRL norm_adv) | batch | none
+    loss_type: Optional[str] = choice(None, *LOSS_TYPES)  # TRL preset, sets policy_loss + loss_agg_mode: grpo | bnpo | dr_grpo | dapo | cispo | dispo
+    policy_loss: Optional[str] = choice(None, registry=POLICY_LOSSES)  # clip (PPO/GRPO; default) | cispo (MiniMax-M1) | dispo
     cispo_cap: float = 5.0  # cispo: cap on the IS weight, > 1 (1 + MiniMax-M1's eps_high^IS; TRL/ScaleRL recommend 5)
     epsilon: float = 0.2  # PPO clip range (lower side)
     epsilon_high: Optional[float] = None  # upper clip; DAPO clip-higher uses 0.28
@@ -70,18 +136,22 @@ class AlgoConfig:
     dispo_pos_high: Optional[float] = None  # unset ones fall back to epsilon / epsilon_high
     dispo_neg_low: Optional[float] = None
     dispo_neg_high: Optional[float] = None
-    top_entropy_quantile: float = 1.0  # train only on the top-rho entropy tokens (Wang et al. 2025; 0.2 in the paper)
-    tis_cap: Optional[float] = None  # truncated IS weight cap for sampler/trainer mismatch (e.g. vLLM; 2.0-3.0)
-    importance_sampling_level: str = "token"  # token | sequence (GSPO)
-    loss_agg_mode: Optional[str] = None  # token-mean (default) | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
+    top_entropy_quantile: float = 1.0  # < 1: alias of loss modifier {name: top_entropy, quantile: q} (0.2 in the paper)
+    tis_cap: Optional[float] = None  # alias of loss modifier {name: tis, cap: c}: truncated IS for sampler mismatch (2.0-3.0)
+    # algorithm stages (workbench/stages), each a list of {name: <stage>, <option>: value} run in order
+    loss_modifiers: List[Dict[str, Any]] = field(default_factory=list)  # inside the objective: tis, top_entropy
+    advantage_modifiers: List[Dict[str, Any]] = field(default_factory=list)  # after the estimator: clip
+    reward_shapers: List[Dict[str, Any]] = field(default_factory=list)  # after the env's rewards: overlong
+    importance_sampling_level: str = choice("token", "sequence")  # token | sequence (GSPO)
+    loss_agg_mode: Optional[str] = choice(None, registry=LOSS_AGGREGATIONS)  # token-mean (default) | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
     loss_agg_norm: Optional[float] = None  # constant of seq-mean-token-sum-norm (Dr.GRPO); unset: the env's max steps per row
     vf_coef: float = 0.5
     value_clip: Optional[float] = 0.2  # clipped value loss range; null disables
     ent_coef: float = 0.0
     beta: float = 0.0  # KL-to-reference coefficient
-    kl_estimator: str = "k3"
+    kl_estimator: str = choice("k3", registry=KL_ESTIMATORS)
     lr: float = 3e-4
-    lr_schedule: str = "linear"  # linear (to 0) | constant | cosine
+    lr_schedule: str = choice("linear", registry=LR_SCHEDULES)  # linear (to 0) | constant | cosine
     adam_eps: float = 1e-5
     weight_decay: float = 0.0
     max_grad_norm: Optional[float] = 0.5
@@ -90,23 +160,13 @@ class AlgoConfig:
     target_kl: Optional[float] = None  # stop the epoch loop when approx KL > 1.5 * target_kl
 
     def __post_init__(self) -> None:
+        check_choices(self, "algo")
         self._apply_loss_type()
         if self.gamma is None:
             self.gamma = 1.0 if self.advantage == "reinforce_pp" else 0.99
         if not self.cispo_cap > 1:
             raise ConfigError(f"algo.cispo_cap must be > 1 (it caps the IS weight; TRL recommends 5.0), got {self.cispo_cap}")
-        if not 0 < self.top_entropy_quantile <= 1:
-            raise ConfigError(f"algo.top_entropy_quantile must lie in (0, 1], got {self.top_entropy_quantile}")
-        if self.tis_cap is not None and self.tis_cap <= 0:
-            raise ConfigError(f"algo.tis_cap must be > 0, got {self.tis_cap}")
-        _choice(self.advantage, ADVANTAGES.names(), "algo.advantage")
-        _choice(self.policy_loss, POLICY_LOSSES.names(), "algo.policy_loss")
-        _choice(self.kl_estimator, KL_ESTIMATORS.names(), "algo.kl_estimator")
-        _choice(self.loss_agg_mode, LOSS_AGGREGATIONS.names(), "algo.loss_agg_mode")
-        _choice(self.lr_schedule, LR_SCHEDULES.names(), "algo.lr_schedule")
-        _choice(self.scale_rewards, ["group", "batch", "none"], "algo.scale_rewards")
-        _choice(self.normalize_advantages, ["minibatch", "batch", "none"], "algo.normalize_advantages")
-        _choice(self.importance_sampling_level, ["token", "sequence"], "algo.importance_sampling_level")
+        self.stages = configured_stages(self)  # the stage lists and their flat aliases, read once (not a config field)
         for key in ("epsilon", "lr"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"algo.{key} must be > 0, got {getattr(self, key)}")
@@ -116,8 +176,6 @@ class AlgoConfig:
             raise ConfigError(f"algo.dual_clip must be > 1, got {self.dual_clip}")
         if not 0 <= self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
             raise ConfigError("algo.gamma and algo.gae_lambda must lie in [0, 1]")
-        if self.advantage_clip is not None and self.advantage_clip <= 0:
-            raise ConfigError(f"algo.advantage_clip must be > 0, got {self.advantage_clip}")
         if self.stat_buffer_size < 1 or not 1 <= self.stat_min_count <= self.stat_buffer_size:
             raise ConfigError("algo.stat_buffer_size >= 1 and 1 <= algo.stat_min_count <= algo.stat_buffer_size are required")
         if self.update_epochs < 1 or self.num_minibatches < 1:
@@ -130,7 +188,6 @@ class AlgoConfig:
         an explicit value that differs from the preset is a conflict, not silently replaced."""
         preset = (None, None)
         if self.loss_type is not None:
-            _choice(self.loss_type, list(LOSS_TYPES), "algo.loss_type")
             preset = LOSS_TYPES[self.loss_type]
         for key, wanted, default in zip(("policy_loss", "loss_agg_mode"), preset, ("clip", "token-mean")):
             given = getattr(self, key)
@@ -149,13 +206,13 @@ class SFTConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     max_grad_norm: Optional[float] = 1.0
-    lr_schedule: str = "cosine"
+    lr_schedule: str = choice("cosine", registry=LR_SCHEDULES)
     log_every: int = 20
 
     def __post_init__(self) -> None:
+        check_choices(self, "sft")
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("sft.steps >= 0, sft.batch_size >= 1 and sft.lr > 0 are required")
-        _choice(self.lr_schedule, LR_SCHEDULES.names(), "sft.lr_schedule")
 
 
 @dataclass
@@ -164,8 +221,8 @@ class RunConfig:
 
     name: str = "run"  # experiment name, used for the run directory
     seed: int = 1
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 autocast on CUDA) | fp32 | bf16
+    device: str = choice("auto", "cpu", "cuda", "cuda:<index>")
+    precision: str = choice("auto", "fp32", "bf16")  # auto (bf16 autocast on CUDA) | fp32 | bf16
     threads: int = 1  # torch CPU threads; small MLPs are fastest on one
     total_steps: int = 100_000  # environment steps (control) or samples (text) to train for
     run_dir: Optional[str] = None  # default: runs/<name>-<timestamp>
@@ -184,11 +241,9 @@ class RunConfig:
     policy: Any = None
 
     def __post_init__(self) -> None:
-        _choice(self.precision, ["auto", "fp32", "bf16"], "precision")
+        check_choices(self, "")
         if self.total_steps <= 0:
             raise ConfigError(f"total_steps must be > 0, got {self.total_steps}")
-        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
-            raise ConfigError(f"device={self.device!r} is not valid; valid choices: auto, cpu, cuda, cuda:N")
 
 
 def config_dir() -> Path:
@@ -214,11 +269,22 @@ def _to_dataclass(schema, section, what: str):
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or getattr(e, "key", None)
-        valid = ", ".join(f.name for f in dataclasses.fields(schema))
+        valid = ", ".join(f.name for f in dataclasses.fields(_nested_schema(schema, str(key).split(".")[:-1])))
+        key = f"{what}.{key}" if what else key
         msg = str(e).splitlines()[0]
         if "not in" in msg or "Key" in type(e).__name__:
-            raise ConfigError(f"unknown config key '{what}.{key}'; valid keys: {valid}") from None
-        raise ConfigError(f"bad value for '{what}.{key}': {msg}") from None
+            raise ConfigError(f"unknown config key '{key}'; valid keys: {valid}") from None
+        raise ConfigError(f"bad value for '{key}': {msg}") from None
+
+
+def _nested_schema(schema, parents: List[str]):
+    """The dataclass of the nested section ``parents`` (e.g. ``["pixels"]`` of an env)."""
+    for name in parents:
+        factory = {f.name: f.default_factory for f in dataclasses.fields(schema)}.get(name)
+        if not (dataclasses.is_dataclass(factory) and isinstance(factory, type)):
+            break
+        schema = factory
+    return schema
 
 
 def validate(cfg: DictConfig) -> RunConfig:
@@ -227,14 +293,74 @@ def validate(cfg: DictConfig) -> RunConfig:
 
     plugins.load(list(cfg.get("imports") or []))
     top = OmegaConf.create({k: v for k, v in cfg.items() if k not in ("algo", "env", "policy", "sft")})
-    run = _to_dataclass(RunConfig, top, "run") if top else RunConfig()
+    run = _to_dataclass(RunConfig, top, "") if top else RunConfig()
     run.sft = _to_dataclass(SFTConfig, cfg.get("sft") or {}, "sft")
     run.algo = _to_dataclass(AlgoConfig, cfg.get("algo") or {}, "algo")
     run.env = _validate_section(cfg.get("env"), ENVS, "env")
     run.policy = _validate_section(cfg.get("policy"), POLICIES, "policy")
+    check_choices(run, "")  # every section's own __post_init__ checks too; this covers plugin configs
+    _check_reward_specs(run)
+    _check_acting_contract(run)
+    # cross-section checks: each would otherwise fail mid-run, after the model has loaded
+    _check_reference(run)
+    _check_overlong_buffer(run)
     _check_ead_pairing(run)
     _check_groups(run)
     return run
+
+
+def _check_reward_specs(run: RunConfig) -> None:
+    """Check every field declared with :func:`reward_specs` (reward names, options and their
+    types) without building a reward: a reward that loads a model would load it only here."""
+    from workbench.rewards.base import check_reward_specs
+
+    for path, f, value in _fields(run, ""):
+        if f.metadata.get("reward_specs"):
+            check_reward_specs(value, path)
+
+
+def _check_reference(run: RunConfig) -> None:
+    """The KL term needs the reference's log-probs; a policy config that can keep a reference
+    declares ``has_reference`` (a config without it has none)."""
+    if run.algo.beta > 0 and not getattr(run.policy, "has_reference", False):
+        raise ConfigError(f"algo.beta={run.algo.beta} needs a KL reference, but policy {run.policy.name} has none: "
+                          f"set policy.reference (frozen, or lora_base with policy.lora) or algo.beta=0")
+
+
+def _check_overlong_buffer(run: RunConfig) -> None:
+    """DAPO's overlong buffer is the last stretch of the generation limit (L_max - L_cache > 0)."""
+    buffer, limit = getattr(run.env, "overlong_buffer", 0), getattr(run.policy, "max_new_tokens", None)
+    if buffer and limit is not None and buffer > limit:
+        raise ConfigError(f"env.overlong_buffer={buffer} exceeds policy.max_new_tokens={limit} "
+                          f"(the buffer is the last stretch of the generation limit); lower it or raise the limit")
+
+
+# advantage estimators that read the critic's values (Batch.values / next_values)
+CRITIC_ESTIMATORS = ("gae",)
+
+
+def _check_acting_contract(run: RunConfig) -> None:
+    """A policy that cannot act in the env, or an estimator that needs a critic the policy
+    lacks, is refused here, before any model loads (one line naming both)."""
+    from workbench.policies.base import check_compatible
+
+    env_cls, policy_cls = ENVS.get(run.env.name), POLICIES.get(run.policy.name)
+    wanted = getattr(env_cls, "policy_contract", None)
+    check_compatible(env_cls, policy_cls, run.env.name, run.policy.name,
+                     suggestions=_policy_configs(wanted) if wanted is not None else ())
+    if run.algo.advantage in CRITIC_ESTIMATORS and not getattr(policy_cls, "has_critic", False):
+        raise ConfigError(f"algo.advantage={run.algo.advantage} needs a critic, but policy {run.policy.name} has none; "
+                          f"use a critic-free estimator (algo=grpo, or algo.advantage=rloo | reinforce_pp)")
+
+
+def _policy_configs(contract: type) -> List[str]:
+    """The policy configs under configs/policy whose policy fulfils ``contract`` (for messages)."""
+    fitting = []
+    for path in sorted((config_dir() / "policy").glob("*.yaml")):
+        name = OmegaConf.load(path).get("name")
+        if name in POLICIES and isinstance(POLICIES.get(name), type) and issubclass(POLICIES.get(name), contract):
+            fitting.append(path.stem)
+    return fitting
 
 
 # advantage estimators that compare the samples of one group: a group of one gives advantage 0
@@ -294,42 +420,49 @@ def _given_task_kwargs(overrides: List[str]) -> set:
 
 
 def _compose(overrides: List[str]) -> DictConfig:
+    """Hydra composes the config groups (``experiment=...``, ``env=gsm8k``); every ``key=value``
+    is then set here. The YAML holds only what differs from the dataclass defaults, so a key it
+    leaves out (``policy.reference``) is set like any other, ``+`` or not; a typo is refused by
+    :func:`validate`, which names the section's valid keys."""
     from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
-    overrides = list(overrides)
-    for _ in range(len(overrides) + 1):
-        try:
-            with initialize_config_dir(version_base=None, config_dir=str(config_dir())):
-                return hydra_compose(config_name="config", overrides=overrides)
-        except (HydraException, OmegaConfBaseException) as e:
-            # A key the YAML does not spell out (e.g. policy.reference) is still a valid option of
-            # the component's dataclass: add it, and let validate() reject real typos by name.
-            key = _missing_key(e)
-            adding = [i for i, o in enumerate(overrides) if key and o.split("=", 1)[0] == key]
-            if not adding or "." not in key:
-                raise ConfigError(_hydra_message(e)) from None
-            overrides[adding[0]] = "+" + overrides[adding[0]]
-    raise ConfigError("could not compose the config")
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        groups = [o.input_line for o in parsed if _selects_group(o)]
+        with initialize_config_dir(version_base=None, config_dir=str(config_dir())):
+            cfg = hydra_compose(config_name="config", overrides=groups)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(" ".join(str(e).split()).split(" Config search path:")[0]) from None
+    with open_dict(cfg):
+        for o in parsed:
+            if not _selects_group(o):
+                _apply(cfg, o)
+    return cfg
 
 
-def _missing_key(e: Exception) -> Optional[str]:
-    text = " ".join(str(e).split())
-    if text.startswith("Could not override '"):
-        return text.split("Could not override '")[1].split("'")[0]
-    return None
+def _selects_group(override) -> bool:
+    """``experiment=x``, ``env=gsm8k``: an override that picks a YAML file of a config group."""
+    key = override.key_or_group
+    return override.package is not None or "/" in key or (config_dir() / key).is_dir()
 
 
-def _hydra_message(e: Exception) -> str:
-    text = " ".join(str(e).split())
-    if text.startswith("Could not override '"):
-        key = text.split("Could not override '")[1].split("'")[0]
-        section, _, _ = key.rpartition(".")
-        schema = {"algo": AlgoConfig, "sft": SFTConfig, "": RunConfig}.get(section)
-        valid = f"; valid keys: {', '.join(f.name for f in dataclasses.fields(schema))}" if schema else ""
-        return f"unknown config key '{key}'{valid}"
-    return text.split(" Config search path:")[0]
+def _apply(cfg: DictConfig, override) -> None:
+    """Set (``key=v``, ``+key=v``, ``++key=v``) or delete (``~key``) one key, as Hydra would."""
+    key, line = override.key_or_group, override.input_line
+    if override.is_sweep_override():
+        raise ConfigError(f"'{line}' lists several values; one run takes one value per key")
+    try:
+        if override.is_delete():
+            if OmegaConf.select(cfg, key, default=None) is None:
+                raise ConfigError(f"cannot delete '{key}': the config does not set it")
+            parent, _, leaf = key.rpartition(".")
+            del (OmegaConf.select(cfg, parent) if parent else cfg)[leaf]
+        else:
+            OmegaConf.update(cfg, key, override.value(), merge=True, force_add=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot apply '{line}': {str(e).splitlines()[0]}") from None
 
 
 def to_yaml(run: RunConfig) -> str:

@@ -18,11 +18,17 @@ fail get ``failure_score``, are counted, and a warning is logged.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
 import logging
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from workbench.registry import REWARDS, ConfigError
 
@@ -66,23 +72,105 @@ def _options_of(factory: Callable) -> Tuple[Optional[List[str]], List[str]]:
     return (None if var_kw else names), required
 
 
-def build_reward(name: str, **options: Any) -> RewardFn:
-    """Build the reward registered as ``name`` with config ``options``.
+@functools.lru_cache(maxsize=None)
+def _options_schema(factory: Callable) -> type:
+    """A dataclass of the factory's typed options, each ``Optional[<annotation>] = None``, so
+    OmegaConf can check given values the way it checks every config section. An annotation
+    OmegaConf cannot type (``Union[int, str]``, ``Sequence[...]``) becomes ``Any``."""
+    try:
+        hints = typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
+    except Exception:  # noqa: BLE001 - an unresolvable annotation: leave every option untyped
+        hints = {}
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        params = []
+    fields = []
+    for name in [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]:
+        typed = (name, Optional[hints.get(name, Any)], dataclasses.field(default=None))
+        try:
+            OmegaConf.structured(dataclasses.make_dataclass("Option", [typed]))
+        except OmegaConfBaseException:
+            typed = (name, Any, dataclasses.field(default=None))
+        fields.append(typed)
+    return dataclasses.make_dataclass(f"{getattr(factory, '__name__', 'reward')}_options", fields)
 
-    Unknown names, unknown options, missing required options and factories that reject
-    their values raise :class:`ConfigError` with one line.
-    """
-    factory = REWARDS.get(name)  # ConfigError listing valid choices
+
+def check_reward_options(name: str, options: Mapping[str, Any], where: str = "") -> None:
+    """Check a reward's options against its factory's signature without calling it (nothing
+    loads): an unknown reward or option, a missing required option or a value of the wrong
+    type raises :class:`ConfigError` with one line, prefixed by ``where`` (``env.rewards[0]``)."""
+    at = f"{where}: " if where else ""
+    try:
+        factory = REWARDS.get(name)
+    except ConfigError as e:
+        raise ConfigError(f"{at}{e}") from None
     accepted, required = _options_of(factory)
     if accepted is not None:
         for key in options:
             if key not in accepted:
                 raise ConfigError(
-                    f"unknown option '{key}' for reward '{name}'; valid options: {', '.join(accepted) or '(none)'}"
+                    f"{at}unknown option '{key}' for reward '{name}'; valid options: {', '.join(accepted) or '(none)'}"
                 )
     missing = [r for r in required if r not in options]
     if missing:
-        raise ConfigError(f"reward '{name}' needs option(s): {', '.join(missing)}")
+        raise ConfigError(f"{at}reward '{name}' needs option(s): {', '.join(missing)}")
+    schema = _options_schema(factory)
+    named = {f.name for f in dataclasses.fields(schema)}
+    try:
+        OmegaConf.merge(OmegaConf.structured(schema), {k: v for k, v in options.items() if k in named})
+    except OmegaConfBaseException as e:
+        key = f"{where or name}.{getattr(e, 'key', None)}"
+        raise ConfigError(f"bad value for '{key}': {str(e).splitlines()[0]}") from None
+
+
+def check_reward_specs(specs: Any, where: str = "rewards") -> List[Tuple[str, str, float, Optional[float], Dict[str, Any]]]:
+    """Check a list of reward specs (see :class:`RewardPipeline`) without building any reward,
+    so a config can be refused at start-up, before a model loads. Returns per spec (component
+    key, reward name, weight, its own failure score or None, factory options)."""
+    if isinstance(specs, Mapping):
+        specs = [specs]
+    if not specs:
+        raise ConfigError(f"{where}: at least one reward is needed")
+    parsed: List[Tuple[str, str, float, Optional[float], Dict[str, Any]]] = []
+    for i, spec in enumerate(specs):
+        at = f"{where}[{i}]"
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"{at} must be a mapping with a 'name', got {spec!r}")
+        spec = dict(spec)
+        if "name" not in spec:
+            raise ConfigError(f"{at}.name is missing; valid choices: {', '.join(REWARDS.names())}")
+        name = str(spec["name"])
+        weight = _number(spec.get("weight", 1.0), f"{at}.weight")
+        fscore = None if spec.get("failure_score") is None else _number(spec["failure_score"], f"{at}.failure_score")
+        key = str(spec.get("alias") or name)
+        if any(p[0] == key for p in parsed):
+            raise ConfigError(f"reward '{key}' appears twice in {where}; give one of them an 'alias'")
+        options = {k: v for k, v in spec.items() if k not in SPEC_KEYS}
+        check_reward_options(name, options, at)
+        parsed.append((key, name, weight, fscore, options))
+    return parsed
+
+
+def _number(value: Any, what: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{what} must be finite, got {value}")
+    return value
+
+
+def build_reward(name: str, **options: Any) -> RewardFn:
+    """Build the reward registered as ``name`` with config ``options``.
+
+    Unknown names, unknown options, missing required options, values of the wrong type
+    (:func:`check_reward_options`) and factories that reject their values raise
+    :class:`ConfigError` with one line.
+    """
+    check_reward_options(name, options)
+    factory = REWARDS.get(name)
     try:
         fn = factory(**options)
     except ConfigError:
@@ -171,40 +259,15 @@ class RewardPipeline:
     """
 
     def __init__(self, specs: Sequence[Mapping[str, Any]], failure_score: float = 0.0) -> None:
-        if isinstance(specs, Mapping):
-            specs = [specs]
-        if not specs:
-            raise ConfigError("rewards: at least one reward is needed")
+        parsed = check_reward_specs(specs)
         if not math.isfinite(float(failure_score)):
             raise ConfigError(f"rewards failure_score must be finite, got {failure_score}")
         self.failure_score = float(failure_score)
         self.entries: List[_Entry] = []
-        for i, spec in enumerate(specs):
-            if not isinstance(spec, Mapping):
-                raise ConfigError(f"rewards[{i}] must be a mapping with a 'name', got {spec!r}")
-            spec = dict(spec)
-            if "name" not in spec:
-                raise ConfigError(f"rewards[{i}].name is missing; valid choices: {', '.join(REWARDS.names())}")
-            name = str(spec["name"])
-            weight = self._number(spec.get("weight", 1.0), f"rewards[{i}].weight")
-            fscore = spec.get("failure_score")
-            fscore = self.failure_score if fscore is None else self._number(fscore, f"rewards[{i}].failure_score")
-            key = str(spec.get("alias") or name)
-            if any(e.key == key for e in self.entries):
-                raise ConfigError(f"reward '{key}' appears twice in rewards; give one of them an 'alias'")
-            options = {k: v for k, v in spec.items() if k not in SPEC_KEYS}
+        for key, name, weight, fscore, options in parsed:
             fn = build_reward(name, **options)
+            fscore = self.failure_score if fscore is None else fscore
             self.entries.append(_Entry(key, name, weight, fn, fscore, _column_filter(fn)))
-
-    @staticmethod
-    def _number(value: Any, what: str) -> float:
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{what} must be a number, got {value!r}") from None
-        if not math.isfinite(value):
-            raise ConfigError(f"{what} must be finite, got {value}")
-        return value
 
     @property
     def names(self) -> List[str]:

@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from workbench.config import invalid_choice
 from workbench.registry import ConfigError
 
 # keys of SamplingConfig.temperature_schedule, with their defaults (None: required)
@@ -69,7 +70,7 @@ def normalize_schedule(schedule: Dict[str, Any]) -> Dict[str, Any]:
             raise ConfigError(f"temperature_schedule must be a mapping, got {schedule!r}") from None
     kind = schedule.get("kind", "ead")
     if kind not in _SCHEDULE_KEYS:
-        raise ConfigError(f"temperature_schedule.kind={kind!r} is not valid; valid choices: {', '.join(SCHEDULE_KINDS)}")
+        raise invalid_choice("temperature_schedule.kind", kind, SCHEDULE_KINDS)
     spec = _SCHEDULE_KEYS[kind]
     unknown = [k for k in schedule if k not in spec]
     if unknown:
