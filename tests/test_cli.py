@@ -87,3 +87,30 @@ def test_text_run_eval_reports_pass_at_k(tmp_path):
     result = json.loads((run_dir / "eval.json").read_text())
     assert result["eval/episodes"] == 6 and 0 <= result["eval/pass@1"] <= result["eval/pass@4"] <= 1
     assert not (run_dir / "eval.mp4").exists()
+
+
+def test_diffusion_run_lines_follow_its_declared_metrics(tmp_path, capsys):
+    """An image run's final line and eval line show its declared reward and JPEG size (not a
+    return guessed from metric names); an option its evaluation lacks is one line, exit 2."""
+    import re
+
+    from workbench.cli import main
+
+    run_dir = tmp_path / "ddpo"
+    code = main(["train", "experiment=ddpo_compressibility_demo", "progress=false", "threads=1", "total_steps=6",
+                 "eval_episodes=2", "eval_every=0", f"run_dir={run_dir}", "env.prompts_per_iteration=2", "env.group_size=3",
+                 "policy.num_steps=4", "policy.unet_config.sample_size=16", "policy.unet_config.block_out_channels=[8,16]",
+                 "policy.unet_config.norm_num_groups=4"])
+    assert code == 0
+    final = [line for line in capsys.readouterr().err.splitlines() if line.startswith("final eval: ")]
+    number = r"-?\d+\.\d{3}"
+    figures = rf"reward {number} ± {number}, JPEG size \(kB\) {number}"
+    assert len(final) == 1 and re.fullmatch(rf"final eval: {figures} over 2 images", final[0]), final
+    assert (run_dir / "learning_curve.png").stat().st_size > 0
+    assert main(["eval", str(run_dir), "--episodes", "3"]) == 0
+    out = capsys.readouterr().out
+    assert re.fullmatch(rf"ckpt_\d+\.safetensors: fixed noise {figures} over 3 images\n", out), out
+    assert not (run_dir / "eval.mp4").exists()  # the env declares no video
+    assert main(["eval", str(run_dir), "--k", "4"]) == 2
+    refused = "workbench: error: --k 4: env diffusion does not sample k answers per item; leave --k out"
+    assert capsys.readouterr().err.strip() == refused

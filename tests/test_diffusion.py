@@ -95,15 +95,15 @@ def test_ddim_mean_matches_diffusers_scheduler_step():
 def test_evaluate_reproduces_logp_old_and_ratio_is_one():
     policy = make_policy(reference="frozen", timestep_fraction=0.5)
     env = make_env()
-    batch = env.score(env.collect(policy))
-    out = policy.evaluate(cells(batch))
+    batch = env.assign_rewards(env.collect(policy))
+    out = policy.log_probs(cells(batch))
     assert out.logp.shape == (batch.num_rows * batch.num_steps, 1)
     torch.testing.assert_close(out.logp.view_as(batch.logp_old), batch.logp_old, rtol=0, atol=1e-5)
     # the PPO ratio of the first pass through the trainer's own cell sampler is 1
     algo = AlgoConfig(advantage="grpo", num_minibatches=2, update_epochs=1, beta=0.1)
     batch = compute_advantages(batch, algo)
     for mb in minibatches(batch, policy.sample_unit, algo.num_minibatches):
-        out = policy.evaluate(mb.policy_inputs)
+        out = policy.log_probs(mb.policy_inputs)
         ratio = torch.exp(out.logp - mb.logp_old)
         torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=1e-4)
         # KL to the frozen reference is exactly 0 at init
@@ -119,14 +119,14 @@ def test_kl_is_zero_with_lora_reference_at_init_and_positive_after_change():
     trainable = [n for n, p in policy.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     env = make_env()
-    batch = env.score(env.collect(policy))
-    out = policy.evaluate(cells(batch))
+    batch = env.assign_rewards(env.collect(policy))
+    out = policy.log_probs(cells(batch))
     assert float(out.kl.detach().abs().max()) == 0.0  # lora_B starts at zero
     with torch.no_grad():
         for n, p in policy.model.named_parameters():
             if "lora_B" in n:
                 p.add_(0.05)
-    out = policy.evaluate(cells(batch))
+    out = policy.log_probs(cells(batch))
     assert float(out.kl.detach().min()) > 0.0
 
 
@@ -178,7 +178,7 @@ def test_env_batch_shapes_and_rewards(tmp_path):
     assert torch.equal(pi["x_t"][:, 1:], pi["x_prev"][:, :-1])  # a chain
     assert batch.dones[:, -1].eq(1).all() and batch.dones[:, :-1].eq(0).all()
     assert batch.mask.eq(1).all()
-    batch = env.score(batch)
+    batch = env.assign_rewards(batch)
     assert batch.rewards[:, :-1].eq(0).all() and (batch.rewards[:, -1] < 0).all()
     metrics = env.pop_metrics()
     assert metrics["image/jpeg_kb"] > 0
@@ -193,7 +193,7 @@ def test_env_batch_shapes_and_rewards(tmp_path):
 def test_timestep_fraction_masks_steps_and_reward_sits_on_last_trained_step():
     policy = make_policy(timestep_fraction=0.5)
     env = make_env()
-    batch = env.score(env.collect(policy))
+    batch = env.assign_rewards(env.collect(policy))
     assert batch.mask.sum(1).eq(2).all()
     scores = (batch.rewards * batch.mask).sum(1)
     assert (scores < 0).all() and batch.rewards.ne(0).sum(1).eq(1).all()
@@ -201,12 +201,12 @@ def test_timestep_fraction_masks_steps_and_reward_sits_on_last_trained_step():
 
 def test_guidance_uses_null_class():
     policy = make_policy(guidance_scale=3.0)
-    assert policy.null_class == 4
+    assert policy.conditioner.null_class == 4
     with pytest.raises(ConfigError, match="null class"):
         policy.sample(torch.tensor([4]))
     env = make_env()
-    batch = env.score(env.collect(policy))
-    out = policy.evaluate(cells(batch))
+    batch = env.assign_rewards(env.collect(policy))
+    out = policy.log_probs(cells(batch))
     torch.testing.assert_close(out.logp.view_as(batch.logp_old), batch.logp_old, rtol=0, atol=1e-5)
 
 
@@ -231,7 +231,13 @@ def test_two_iteration_training_run(tmp_path):
     assert [r["step"] for r in rows if "image/jpeg_kb" in r] == [6, 12]
     assert (tmp_path / "run" / "learning_curve.png").exists()
     assert (tmp_path / "run" / "images" / "train_00002.png").exists()
-    assert (tmp_path / "run" / "images" / "reward_curve.png").exists()
+    # the run's learning curve (not an env-drawn reward_curve.png) shows the declared reward and JPEG size
+    from workbench.runlog import curve_panels
+
+    panels = curve_panels(rows, trainer.env.display())
+    assert [p.title for p in panels[:2]] == ["reward", "JPEG size (kB) (lower is better)"]
+    assert [s.key for s in panels[1].series] == ["image/jpeg_kb", "eval/jpeg_kb"]
+    assert not (tmp_path / "run" / "images" / "reward_curve.png").exists()
     # exact resume of the env and policy state from the checkpoint
     resumed = Trainer(run, tmp_path / "run")
     resumed.resume()
@@ -257,7 +263,7 @@ def test_branch_groups_are_trunks_even_when_a_random_prompt_repeats():
     remember the rewards by prompt."""
     policy = make_policy(train_window=[2, 4])
     env = make_env(prompts=[3], prompt_order="random", branch=True)  # one prompt: always drawn twice
-    batch = env.score(env.collect(policy))
+    batch = env.assign_rewards(env.collect(policy))
     assert batch.group.tolist() == [0, 0, 0, 1, 1, 1]  # one group per trunk
     assert batch.prompt_id.tolist() == [0, 0, 0, 0, 0, 0]
     x = batch.policy_inputs["x_t"]

@@ -63,7 +63,7 @@ def _report_changes(run_dir: Path, changes: list) -> None:
 
 
 def cmd_train(args) -> int:
-    from workbench.runlog import release_run_dir
+    from workbench.runlog import eval_summary, release_run_dir
     from workbench.trainer import Trainer
 
     run, run_dir, resuming = build_run(args.overrides)
@@ -77,12 +77,8 @@ def cmd_train(args) -> int:
         final = trainer.train()
     finally:
         release_run_dir(run_dir)
-    if final and "eval/accuracy" in final:
-        print(f"final eval: accuracy {final['eval/accuracy']:.3f} over {int(final['eval/episodes'])} held-out items", file=sys.stderr)
-    elif final:
-        success = f", success {final['eval/success']:.0%}" if "eval/success" in final else ""
-        print(f"final eval: return {final['eval/return_mean']:.1f} ± {final['eval/return_std']:.1f}{success} "
-              f"over {int(final['eval/episodes'])} episodes", file=sys.stderr)
+    if final:
+        print(f"final eval: {eval_summary(final, trainer.env.display())}", file=sys.stderr)
     if (run_dir / "rollout.mp4").exists():
         print(f"rollout video: {run_dir / 'rollout.mp4'}", file=sys.stderr)
     print(f"learning curve: {run_dir / 'learning_curve.png'}", file=sys.stderr)
@@ -91,7 +87,7 @@ def cmd_train(args) -> int:
 
 def cmd_sft(args) -> int:
     """Supervised fine-tuning only: the run directory can then start RL with init_from=RUN_DIR."""
-    from workbench.runlog import RunLogger, plot_learning_curve, release_run_dir
+    from workbench.runlog import RunLogger, eval_summary, plot_learning_curve, release_run_dir
     from workbench.trainer import Trainer
 
     run, run_dir, _ = build_run(args.overrides)
@@ -102,18 +98,19 @@ def cmd_sft(args) -> int:
     from workbench.config import to_yaml
 
     (run_dir / "config.yaml").write_text(to_yaml(run))
-    logger = RunLogger(run_dir, run.sft.steps, progress=False)
+    display = trainer.env.display()
+    logger = RunLogger(run_dir, run.sft.steps, progress=False, display=display)
     try:
         trainer.warm_start(logger)
         if run.eval_episodes > 0:
             final = trainer.env.evaluate(trainer.policy, run.eval_episodes)
             logger.log(0, final)
-            print(f"after SFT: eval accuracy {final.get('eval/accuracy', final['eval/return_mean']):.3f}", file=sys.stderr)
+            print(f"after SFT: eval {eval_summary(final, display)}", file=sys.stderr)
     finally:
         logger.close()
         trainer.env.close()
         release_run_dir(run_dir)  # held since build_run
-    plot_learning_curve(run_dir, title=f"{run.name} (SFT)")
+    plot_learning_curve(run_dir, display, title=f"{run.name} (SFT)")
     print(f"start RL from it with: workbench train ... init_from={run_dir}", file=sys.stderr)
     return 0
 
@@ -139,25 +136,25 @@ def load_trained(run_dir: Path, checkpoint_path: Optional[str] = None):
 def cmd_eval(args) -> int:
     import json
 
+    from workbench.runlog import eval_summary
+
     os.environ.setdefault("MUJOCO_GL", "egl")
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"no such run directory: {run_dir}")
     run, env, policy, path = load_trained(run_dir, args.checkpoint)
-    options = {"k": args.k} if args.k > 1 else {}
-    video = None if args.no_video or not getattr(env, "renders", False) else str(Path(args.video) if args.video else run_dir / "eval.mp4")
+    display = env.display()
+    video = None if args.no_video or not display.renders else str(Path(args.video) if args.video else run_dir / "eval.mp4")
     try:
+        if args.k > 1 and not display.pass_at_k:
+            raise ConfigError(f"--k {args.k}: env {run.env.name} does not sample k answers per item; leave --k out")
+        options = {"k": args.k} if args.k > 1 else {}  # pass_at_k envs add eval/mean@k and eval/pass@j
         result = env.evaluate(policy, args.episodes, video_path=video, seed=args.seed, **options)
-    except TypeError as e:
-        raise ConfigError(f"this env's evaluation does not take those options ({e})") from None
     finally:
         env.close()
-    if "eval/accuracy" in result:
-        extra = "  ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in result.items() if "@" in k)
-        print(f"{path.name}: greedy accuracy {result['eval/accuracy']:.3f} over {int(result['eval/episodes'])} held-out items  {extra}")
-    else:
-        print(f"{path.name}: return {result['eval/return_mean']:.1f} ± {result['eval/return_std']:.1f} "
-              f"over {args.episodes} episodes" + (f"; video {video}" if video else ""))
+    how = f"{display.evaluation} " if display.evaluation else ""
+    sampled = "".join(f"  {k.split('/', 1)[1]} {v:.3f}" for k, v in result.items() if options and "@" in k)
+    print(f"{path.name}: {how}{eval_summary(result, display)}{sampled}" + (f"; video {video}" if video else ""))
     (run_dir / "eval.json").write_text(json.dumps({"checkpoint": path.name, **result}, indent=1))
     return 0
 
@@ -180,12 +177,13 @@ def cmd_list(args) -> int:
     import workbench.bench  # noqa: F401
 
     plugins.load()
-    for kind, reg in registry.ALL.items():
-        print(f"{kind:18s} {', '.join(reg.names()) or '(none yet)'}")
     from workbench.config import config_dir
 
-    exps = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
-    print(f"{'experiments':18s} {', '.join(exps)}")
+    rows = [(kind, ", ".join(reg.names()) or "(none yet)") for kind, reg in registry.ALL.items()]
+    rows.append(("experiments", ", ".join(sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml")))))
+    width = max(len(kind) for kind, _ in rows)
+    for kind, names in rows:
+        print(f"{kind:{width}s} {names}")
     return 0
 
 

@@ -1,15 +1,22 @@
-"""Run logging: rich progress, TensorBoard scalars, metrics.jsonl, and a learning-curve PNG."""
+"""Run logging: rich progress, TensorBoard scalars, metrics.jsonl, and a learning-curve PNG.
+
+What the progress line, the evaluation lines and the learning-curve panels show is the env's
+declared headline (``Environment.display()``), the same for every modality.
+"""
 from __future__ import annotations
 
 import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from workbench.environment import EnvDisplay
 
 class RunDirLock:
     """One writer per run directory: an exclusive ``flock`` on ``run_dir/.lock``, held for the
@@ -68,13 +75,27 @@ def release_run_dir(run_dir: Path) -> None:
         lock.release()
 
 
-# what the progress line shows, first found wins: metric -> label
-HEADLINE = {"episode/return": "return", "accuracy": "accuracy", "reward/per_row": "reward"}
+def headline_text(metrics: Mapping[str, float], display: EnvDisplay) -> str:
+    """The declared evaluation figures found in ``metrics``: 'return 12.3 ± 1.0, success 50%'."""
+    parts = []
+    for h in display.headline:
+        if h.key in metrics:
+            spread = f" ± {metrics[h.spread]:{h.fmt}}" if h.spread is not None and h.spread in metrics else ""
+            parts.append(f"{h.label} {metrics[h.key]:{h.fmt}}{spread}")
+    return ", ".join(parts)
+
+
+def eval_summary(metrics: Mapping[str, float], display: EnvDisplay) -> str:
+    """One evaluation in a line: its headline figures and what they were measured over."""
+    over = f" over {int(metrics['eval/episodes'])} {display.eval_unit}" if "eval/episodes" in metrics else ""
+    return headline_text(metrics, display) + over
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, progress: bool = True, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, progress: bool = True, tensorboard: bool = True,
+                 display: Optional[EnvDisplay] = None) -> None:
         self.run_dir = Path(run_dir)
+        self.display = display or EnvDisplay(name=self.run_dir.name)
         self.console = Console(stderr=True)
         self.metrics_file = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
         self.writer = None
@@ -95,8 +116,7 @@ class RunLogger:
             self.task = self.progress.add_task("train", total=total_steps, completed=start_step, info="")
             self.progress.start()
         self.last_print = 0.0
-        self.last_return: Optional[tuple] = None
-        self.headline_rank = len(HEADLINE)
+        self.last_train: Dict[str, float] = {}  # headline label -> its latest training value
         self.last_speed = 0.0
 
     def log(self, step: int, metrics: Dict[str, float]) -> None:
@@ -110,24 +130,20 @@ class RunLogger:
                 self.last_print = time.monotonic()
                 self.console.print(f"sft step {int(clean['sft/step']):>6,}  loss {clean.get('sft/loss', float('nan')):.4f}", highlight=False)
             return
-        for rank, key in enumerate(HEADLINE):
-            if key in clean and rank <= self.headline_rank:  # never fall back to a lesser metric
-                self.headline_rank, self.last_return = rank, (HEADLINE[key], clean[key])
-                break
+        for h in self.display.headline:
+            if h.train_key is not None and h.train_key in clean:
+                self.last_train[h.label] = clean[h.train_key]
         if "perf/steps_per_s" in clean:
             self.last_speed = clean["perf/steps_per_s"]
         info = f"{self.last_speed:,.0f} steps/s" if self.last_speed else ""
-        if self.last_return is not None:
-            info += f"  {self.last_return[0]} {self.last_return[1]:,.3g}"
+        info += "".join(f"  {h.label} {self.last_train[h.label]:{h.fmt}}"
+                        for h in self.display.headline if h.label in self.last_train)
+        evaluated = headline_text(clean, self.display)
         if self.progress is not None:
             self.progress.update(self.task, completed=step, info=info)
-        elif time.monotonic() - self.last_print > 5 or "eval/return_mean" in clean:
+        elif time.monotonic() - self.last_print > 5 or evaluated:
             self.last_print = time.monotonic()
-            extra = ""
-            if "eval/accuracy" in clean:
-                extra = f"  eval accuracy {clean['eval/accuracy']:.3f}"
-            elif "eval/return_mean" in clean:
-                extra = f"  eval {clean['eval/return_mean']:,.1f} ± {clean.get('eval/return_std', 0):,.1f}"
+            extra = f"  eval {evaluated}" if evaluated else ""
             self.console.print(f"step {step:>9,}  {info}{extra}", highlight=False)
 
     def message(self, text: str) -> None:
@@ -149,44 +165,66 @@ def read_metrics(run_dir: Path) -> List[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_learning_curve(run_dir: Path, title: str = "") -> Path:
-    """Plot returns (training episodes and evaluations) and losses against steps."""
+@dataclass(frozen=True)
+class Series:
+    """One line of a panel: ``key`` of metrics.jsonl against steps. An evaluation line gets
+    markers and, when ``spread`` names its standard deviation, a ±1 std band."""
+
+    key: str
+    label: str
+    evaluation: bool = False
+    spread: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One subplot of learning_curve.png."""
+
+    title: str
+    series: Tuple[Series, ...]
+
+
+def curve_panels(rows: List[dict], display: EnvDisplay) -> List[Panel]:
+    """A panel per declared headline figure that the run logged, then losses, update and entropy."""
+    logged = {k for r in rows for k in r}
+    after_sft = " (step 0 = after SFT)" if rows and "sft/step" in rows[0] else ""
+    evaluated = (f"eval ({display.evaluation})" if display.evaluation else "eval") + after_sft
+    panels = []
+    for h in display.headline:
+        if h.key in logged or h.train_key in logged:
+            train = (Series(h.train_key, "train"),) if h.train_key is not None else ()
+            panels.append(Panel(h.label if h.higher_is_better else f"{h.label} (lower is better)",
+                                train + (Series(h.key, evaluated, evaluation=True, spread=h.spread),)))
+    return panels + [
+        Panel("losses", (Series("loss/policy", "policy"), Series("loss/value", "value"))),
+        Panel("update", (Series("policy/approx_kl", "approx KL"), Series("policy/clip_frac", "clip fraction"))),
+        Panel("entropy", (Series("policy/entropy", "entropy per step"),)),
+    ]
+
+
+def plot_learning_curve(run_dir: Path, display: EnvDisplay, title: str = "") -> Path:
+    """Plot the env's declared headline figures (training samples and evaluations) and the
+    update's losses against steps."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = read_metrics(run_dir)
-    has_episodes = any("episode/return" in r for r in rows)
-    has_accuracy = any("accuracy" in r for r in rows)
-    returns = [("episode/return", "train episodes"), ("eval/return_mean", "eval (deterministic)")]
-    panels = [
-        ("return", returns if has_episodes else
-         [("accuracy", "train accuracy (sampled)"), ("eval/accuracy", "eval accuracy (greedy)")] if has_accuracy else
-         [("reward/per_row", "train reward"), ("eval/return_mean", "eval reward")]),
-        ("losses", [("loss/policy", "policy"), ("loss/value", "value")]),
-        ("update", [("policy/approx_kl", "approx KL"), ("policy/clip_frac", "clip fraction")]),
-        ("entropy", [("policy/entropy", "entropy per step")]),
-    ]
-    if any("episode/success" in r for r in rows):  # tasks with a success test (e.g. Franka)
-        panels.insert(1, ("success rate", [("episode/success", "train episodes"), ("eval/success", "eval (deterministic)")]))
+    panels = curve_panels(rows, display)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4))
-    for ax, (name, series) in zip(axes, panels):
-        for key, label in series:
-            pts = [(r["step"], r[key]) for r in rows if key in r]
-            if pts:
-                xs, ys = zip(*pts)
-                style = "o-" if key.startswith("eval") else "-"
-                if key.startswith("eval") and "sft/step" in "".join(rows[0]):
-                    label += " (step 0 = after SFT)"
-                ax.plot(xs, ys, style, label=label, markersize=3)
-        if name == "return" and has_episodes:
-            stds = [(r["step"], r["eval/return_mean"], r.get("eval/return_std", 0.0)) for r in rows if "eval/return_mean" in r]
-            if stds:
-                xs, m, s = zip(*stds)
-                ax.fill_between(xs, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], alpha=0.2, color="C1")
-        ax.set_title(name)
-        ax.set_xlabel("env steps" if has_episodes else "samples")
+    for ax, panel in zip(axes, panels):
+        for line in panel.series:
+            pts = [(r["step"], r[line.key], r.get(line.spread, 0.0)) for r in rows if line.key in r]
+            if not pts:
+                continue
+            xs, ys, stds = zip(*pts)
+            (drawn,) = ax.plot(xs, ys, "o-" if line.evaluation else "-", label=line.label, markersize=3)
+            if line.spread is not None and any(line.spread in r for r in rows):
+                ax.fill_between(xs, [m - s for m, s in zip(ys, stds)], [m + s for m, s in zip(ys, stds)],
+                                alpha=0.2, color=drawn.get_color())
+        ax.set_title(panel.title)
+        ax.set_xlabel(display.step_unit)
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)

@@ -38,7 +38,7 @@ def ours_seconds(args) -> List[float]:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(run, tmp)
         trainer.env.cfg.image_every = 0  # no PNG writing inside the timed loop
-        logger = RunLogger(trainer.run_dir, run.total_steps, progress=False, tensorboard=False)
+        logger = RunLogger(trainer.run_dir, run.total_steps, progress=False, tensorboard=False, display=trainer.env.display())
         last = [time.perf_counter()]
 
         def log(step, metrics):

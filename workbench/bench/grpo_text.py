@@ -88,7 +88,7 @@ def ours_times(model_dir: str, prompts: int, group_size: int, max_new_tokens: in
     run = run_config(model_dir, prompts, group_size, max_new_tokens, steps, seed)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(run, tmp)
-        logger = RunLogger(trainer.run_dir, run.total_steps, progress=False, tensorboard=False)
+        logger = RunLogger(trainer.run_dir, run.total_steps, progress=False, tensorboard=False, display=trainer.env.display())
         stamps, lengths, collect = [], [], []
 
         def log(step, metrics):  # time the loop, not the console
