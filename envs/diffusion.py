@@ -20,8 +20,9 @@ metadata key) reaches the rewards as a per-sample column of that name, beside ``
 Images: the reward pipeline is called with the images as ``completions`` (for an image
 generator the completion is the image). Image grids go to ``image_dir`` (by default
 ``<run_dir>/images``): ``train_<iteration>.png`` every ``image_every`` iterations,
-``eval_<n>.png`` at every evaluation (the first is the policy before RL, the last after) and
-``reward_curve.png`` (mean reward and JPEG size per iteration) at every evaluation.
+``eval_<n>.png`` at every evaluation (the first is the policy before RL, the last after). The
+env declares the reward and the JPEG size as its headline figures (``display``), so the run's
+``learning_curve.png`` and final line show both.
 """
 from __future__ import annotations
 
@@ -34,7 +35,10 @@ import numpy as np
 import torch
 
 from workbench.batch import Batch
-from workbench.environment import Environment, EnvSpec
+from workbench.policies.base import DenoisingSampler
+from workbench.rollout.denoising import collect_chains, terminal_rewards
+from workbench.environment import EnvDisplay, Environment, Headline
+from workbench.config import check_choices, choice, reward_specs
 from workbench.registry import ConfigError, ENVS
 
 def image_grid(images: torch.Tensor, cols: Optional[int] = None, pad: int = 2) -> np.ndarray:
@@ -110,6 +114,7 @@ def split_prompts(entries: Sequence[Any]) -> tuple:
 
 @ENVS.register("diffusion")
 class DiffusionEnv(Environment):
+    policy_contract = DenoisingSampler
     @dataclass
     class Config:
         name: str = "diffusion"
@@ -117,11 +122,11 @@ class DiffusionEnv(Environment):
         prompt_file: Optional[str] = None  # .txt (one per line), .json/.jsonl/.csv/.parquet or a hub dataset; replaces prompts
         prompt_column: str = "prompt"  # the prompt column of a table or dataset
         prompt_split: str = "train"  # split of a hub dataset
-        prompt_order: str = "cycle"  # cycle (in order) | random (DDPO draws prompts at random)
+        prompt_order: str = choice("cycle", "random")  # cycle: in order; random: DDPO draws prompts at random
         prompts_per_iteration: int = 4  # prompts per iteration
         group_size: int = 8  # images per prompt (the GRPO group)
         branch: bool = False  # B²-DiffuRL branch sampling: a group shares its chain up to the first trained step
-        rewards: List[Dict[str, Any]] = field(default_factory=lambda: [{"name": "jpeg_compressibility", "weight": 1.0}])
+        rewards: List[Dict[str, Any]] = reward_specs({"name": "jpeg_compressibility", "weight": 1.0})
         failure_score: float = 0.0  # reward of an image whose reward function raised
         jpeg_quality: int = 95  # for the image/jpeg_kb metric
         image_dir: Optional[str] = None  # where image grids go; null: <run_dir>/images when trained by the Trainer
@@ -129,14 +134,13 @@ class DiffusionEnv(Environment):
         eval_seed: int = 12345  # fixed noise of evaluations, so they compare across a run
 
         def __post_init__(self) -> None:
+            check_choices(self, "env")
             if not self.prompts and not self.prompt_file:
                 raise ConfigError("env.prompts must list at least one prompt (or set env.prompt_file)")
             if self.prompts_per_iteration < 1 or self.group_size < 1:
                 raise ConfigError("env.prompts_per_iteration and env.group_size must be >= 1")
             if self.image_every < 0:
                 raise ConfigError(f"env.image_every must be >= 0, got {self.image_every}")
-            if self.prompt_order not in ("cycle", "random"):
-                raise ConfigError(f"env.prompt_order={self.prompt_order!r} is not valid; valid choices: cycle, random")
             if self.branch and self.group_size < 2:
                 raise ConfigError("env.branch needs env.group_size >= 2 (a trunk with one branch compares nothing)")
 
@@ -158,12 +162,8 @@ class DiffusionEnv(Environment):
         self.iteration = 0  # collects so far
         self.next_prompt = 0  # index into prompts of the next iteration's first prompt
         self.evaluations = 0
-        self.history: Dict[str, List[float]] = {"iteration": [], "reward": [], "jpeg_kb": []}  # for reward_curve.png
         self._pending: Optional[Dict[str, Any]] = None
         self._metrics: Dict[str, float] = {}
-
-    def spec(self) -> EnvSpec:
-        return EnvSpec(observation_shape=(), action_dim=0)
 
     # ------------------------------------------------------------------ rewards
     def _score(self, images: torch.Tensor, index: List[int]):
@@ -190,51 +190,39 @@ class DiffusionEnv(Environment):
         G = self.cfg.group_size
         index = [i for i in chosen for _ in range(G)]
         trunks = torch.arange(len(chosen)).repeat_interleave(G)  # [N] slot of the row's prompt in this iteration
-        images, traj = policy.sample([self.prompts[i] for i in index], generator=self.generator, iteration=self.iteration,
-                                     trunks=trunks if self.cfg.branch else None)
-        N, T = traj.logp.shape
-        device = traj.logp.device
-        mask = traj.train_mask.float()
-        last_valid = (torch.arange(T, device=device) * mask).argmax(1)  # rows always hold >= 1 trained step
-        dones = torch.zeros(N, T, device=device)
-        dones[:, -1] = 1.0
+        groups = trunks if self.cfg.branch else torch.tensor(index)  # B²: a trunk's branches; else the prompt's samples
+        images, batch = collect_chains(policy, [self.prompts[i] for i in index], group=groups, prompt_id=torch.tensor(index),
+                                       generator=self.generator, iteration=self.iteration,
+                                       trunks=trunks if self.cfg.branch else None)
         self.iteration += 1
-        self._pending = {"images": images, "index": index, "last_valid": last_valid}
-        self._metrics = {"train/trained_steps": float(mask.sum(1).mean())}
+        self._pending = {"images": images, "index": index}
+        self._metrics = {"train/trained_steps": float(batch.mask.sum(1).mean())}
         if self.cfg.image_dir and self.cfg.image_every and (self.iteration == 1 or self.iteration % self.cfg.image_every == 0):
             save_grid(Path(self.cfg.image_dir) / f"train_{self.iteration:05d}.png", images, cols=G)
-        return Batch(
-            logp_old=traj.logp,
-            mask=mask,
-            rewards=torch.zeros(N, T, device=device),
-            dones=dones,
-            group=trunks.to(device) if self.cfg.branch else torch.tensor(index, device=device),
-            prompt_id=torch.tensor(index, device=device),  # the prompt's index: stable across iterations
-            policy_inputs={"x_t": traj.x_t, "x_prev": traj.x_prev, "step": traj.step},
-            row_inputs=traj.cond,
-        )
+        return batch
 
-    def score(self, batch: Batch) -> Batch:
+    def assign_rewards(self, batch: Batch) -> Batch:
         if self._pending is None:
             raise RuntimeError("score() called before collect()")
         pending, self._pending = self._pending, None
         result, kb = self._score(pending["images"], pending["index"])
-        scores = torch.tensor(result.scores, dtype=batch.rewards.dtype, device=batch.rewards.device)
-        rewards = torch.zeros_like(batch.rewards)
-        rewards[torch.arange(batch.num_rows, device=rewards.device), pending["last_valid"]] = scores
         self._metrics.update(result.metrics())
         self._metrics["image/jpeg_kb"] = float(np.mean(kb))
         self._metrics["image/reward_mean"] = float(np.mean(result.scores))
-        for key, value in (("iteration", float(self.iteration)), ("reward", self._metrics["image/reward_mean"]),
-                           ("jpeg_kb", self._metrics["image/jpeg_kb"])):
-            self.history[key].append(value)
-        return batch.with_(rewards=rewards)
+        return terminal_rewards(batch, torch.tensor(result.scores, dtype=batch.rewards.dtype))
 
     def pop_metrics(self) -> Dict[str, float]:
         metrics, self._metrics = self._metrics, {}
         return metrics
 
     # ------------------------------------------------------------------ evaluate
+    def display(self) -> EnvDisplay:
+        """The image reward and the images' JPEG size (smaller is better), train and evaluation."""
+        reward = Headline("reward", "eval/return_mean", "image/reward_mean", spread="eval/return_std", fmt=".3f")
+        jpeg = Headline("JPEG size (kB)", "eval/jpeg_kb", "image/jpeg_kb", higher_is_better=False, fmt=".3f")
+        return EnvDisplay(name=" + ".join(self.rewards.names), headline=(reward, jpeg), evaluation="fixed noise",
+                          eval_unit="images", step_unit="samples")
+
     @torch.no_grad()
     def evaluate(self, policy, episodes: int, video_path: Optional[str] = None, seed: Optional[int] = None) -> Dict[str, float]:
         """Reward and JPEG size of ``episodes`` images (prompts cycled) from fixed noise.
@@ -257,45 +245,20 @@ class DiffusionEnv(Environment):
             save_grid(Path(video_path), images, cols=cols)
         if self.cfg.image_dir:
             save_grid(Path(self.cfg.image_dir) / f"eval_{self.evaluations:03d}.png", images, cols=cols)
-            if self.history["iteration"]:
-                self.plot_reward_curve(Path(self.cfg.image_dir) / "reward_curve.png")
         self.evaluations += 1
         return {"eval/return_mean": float(scores.mean()), "eval/return_std": float(scores.std()),
                 "eval/jpeg_kb": float(np.mean(kb)), "eval/episodes": float(n)}
 
-    def plot_reward_curve(self, path: Path) -> Path:
-        """Mean image reward and JPEG size of every training iteration (the engine's
-        learning_curve.png plots returns or accuracy, which this env does not log)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-        for ax, key, label in ((axes[0], "reward", "mean reward"), (axes[1], "jpeg_kb", "mean JPEG size (kB)")):
-            ax.plot(self.history["iteration"], self.history[key], "-")
-            ax.set_xlabel("iteration")
-            ax.set_title(label)
-            ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
-
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, Any]:
         return {"generator": self.generator.get_state(), "iteration": self.iteration,
-                "next_prompt": self.next_prompt, "evaluations": self.evaluations,
-                "history": {k: list(v) for k, v in self.history.items()}}
+                "next_prompt": self.next_prompt, "evaluations": self.evaluations}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
         self.iteration = int(state["iteration"])
         self.next_prompt = int(state["next_prompt"])
-        self.evaluations = int(state.get("evaluations", 0))
-        if "history" in state:
-            self.history = {k: [float(x) for x in v] for k, v in state["history"].items()}
+        self.evaluations = int(state.get("evaluations", 0))  # a checkpoint's "history" (old reward_curve.png) is ignored
 
 
 def _to_pil(image: torch.Tensor):

@@ -9,7 +9,7 @@ DAPO (Yu et al. 2025, "DAPO: An Open-Source LLM Reinforcement Learning System at
 options: ``overlong_buffer`` adds the soft overlong punishment to the reward, and
 ``dynamic_sampling`` keeps only groups whose rewards differ, sampling more groups to fill the
 batch. With dynamic sampling the rewards are computed in ``collect`` (the filter needs them)
-and ``score`` hands them out; without it ``score`` computes them, as before.
+and ``assign_rewards`` hands them out; without it ``assign_rewards`` computes them.
 """
 from __future__ import annotations
 
@@ -23,16 +23,18 @@ import torch
 
 from envs.text_tasks import build_task, eval_items
 from workbench.batch import Batch
-from workbench.environment import Environment, EnvSpec
+from workbench.environment import EnvDisplay, Environment, Headline
+from workbench.config import reward_specs
 from workbench.registry import ConfigError, ENVS
-from workbench.rollout.base import SamplingConfig, TokenRollout, concat_rollouts
-
-# groups whose rewards span no more than this count as "all equal" for dynamic sampling
-EQUAL_REWARDS_ATOL = 1e-6
+from workbench.policies.base import TokenGenerator
+from workbench.rollout.base import SamplingConfig, TokenRollout
+from workbench.rollout.tokens import collect_groups, collect_varied_groups, rollout_metrics, token_batch
+from workbench.stages.reward_shapers import soft_overlong_punishment
 
 
 @ENVS.register("text")
 class TextEnv(Environment):
+    policy_contract = TokenGenerator
     @dataclass
     class Config:
         name: str = "text"
@@ -41,7 +43,7 @@ class TextEnv(Environment):
         prompt_template: str = "{question}"
         prompts_per_iteration: int = 16
         group_size: int = 8
-        rewards: List[Dict[str, Any]] = field(default_factory=lambda: [{"name": "math_accuracy", "weight": 1.0}])
+        rewards: List[Dict[str, Any]] = reward_specs({"name": "math_accuracy", "weight": 1.0})
         accuracy_reward: str = "math_accuracy"  # the reward component reported as accuracy
         demonstration_template: str = "{answer}"  # the target text of an SFT demonstration
         # share of SFT demonstrations written by the task's flawed teacher (arithmetic: one who
@@ -95,9 +97,6 @@ class TextEnv(Environment):
         self._metrics: Dict[str, float] = {}
         self._max_new_tokens = 0  # L_max of the overlong punishment: the policy's, read in collect()
 
-    def spec(self) -> EnvSpec:
-        return EnvSpec(observation_shape=(), action_dim=0)
-
     def _train_item(self) -> Dict[str, Any]:
         for _ in range(1000):
             item = self.task.make(self.rng)
@@ -130,82 +129,35 @@ class TextEnv(Environment):
             return self._collect_dynamic(policy)
         items = [self._train_item() for _ in range(self.cfg.prompts_per_iteration)]
         G = self.cfg.group_size
-        out = policy.rollout([self.prompt(x) for x in items], n=G)
+        out = collect_groups(policy, [self.prompt(x) for x in items], G)
         rows = [x for x in items for _ in range(G)]
         self._pending = {"completions": out.completions, "items": rows, "lengths": out.completion_mask.sum(1).long(),
                          "scores": None}
-        self._metrics = {}
-        return self._to_batch(out, len(items))
+        self._metrics = rollout_metrics(out)
+        return token_batch(out, G, self._max_new_tokens, self.cfg.mask_truncated_completions)
 
     def _collect_dynamic(self, policy) -> Batch:
         """DAPO dynamic sampling: rounds of rollouts, scored at once, zero-variance groups dropped."""
         K, G = self.cfg.prompts_per_iteration, self.cfg.group_size
-        kept: List[TokenRollout] = []
-        kept_scores: List[torch.Tensor] = []
-        results, overlongs = [], []
-        num_kept = num_dropped = rounds = 0
-        last = None
-        while num_kept < K and rounds < self.cfg.max_sampling_rounds:
-            rounds += 1
-            items = [self._train_item() for _ in range(K)]
-            out = policy.rollout([self.prompt(x) for x in items], n=G)
-            result = self._score(out.completions, [x for x in items for _ in range(G)])
-            overlong = self._overlong(out.completion_mask.sum(1).long())
-            scores = torch.tensor(result.scores, dtype=torch.float64) + torch.tensor(overlong, dtype=torch.float64)
-            results.append(result)
-            overlongs.extend(overlong)
-            by_group = scores.view(K, G)
-            varies = (by_group.max(1).values - by_group.min(1).values) > EQUAL_REWARDS_ATOL
-            num_dropped += int((~varies).sum())
-            take = varies.nonzero().flatten().tolist()[: K - num_kept]
-            if take:
-                rows = [g * G + j for g in take for j in range(G)]
-                kept.append(out.select(rows))
-                kept_scores.append(scores[rows])
-                num_kept += len(take)
-            last = (out, scores)
-        if not kept:  # nothing varied: train on the last round (zero group advantages)
-            kept, kept_scores = [last[0]], [last[1]]
-        pad_id = getattr(getattr(policy, "tokenizer", None), "pad_token_id", None)
-        out = concat_rollouts(kept, 0 if pad_id is None else int(pad_id))
-        self._pending = {"scores": torch.cat(kept_scores)}
-        self._metrics = self._reward_metrics(_concat_results(results), overlongs)
-        self._metrics.update({"sampling/rounds": float(rounds), "sampling/kept_groups": float(num_kept),
-                              "sampling/dropped_groups": float(num_dropped)})
-        return self._to_batch(out, out.num_rows // G)
+        drawn: List[List[Dict[str, Any]]] = []
 
-    def _to_batch(self, out: TokenRollout, num_groups: int) -> Batch:
-        """The Batch of ``num_groups`` consecutive groups of ``group_size`` rows."""
-        mask = out.completion_mask
-        loss_mask = None
-        if self.cfg.mask_truncated_completions:
-            loss_mask = (~out.truncated).float().unsqueeze(1).expand_as(mask).contiguous()
-        N = mask.shape[0]
-        lengths = out.completion_mask.sum(1).long()
-        dones = torch.zeros_like(mask)
-        dones[torch.arange(N), (lengths - 1).clamp(min=0)] = 1.0
-        mismatch = ((out.logp - out.rollout_logp).abs() * out.completion_mask).sum() / out.completion_mask.sum().clamp(min=1)
-        self._metrics.update({
-            "response/length_mean": float(lengths.float().mean()),
-            "response/truncated_frac": float(out.truncated.float().mean()),
-            "rollout/logp_mismatch": float(mismatch),
-        })
-        return Batch(
-            logp_old=out.logp,
-            mask=mask,
-            rewards=torch.zeros_like(mask),
-            dones=dones,
-            group=torch.arange(num_groups, device=mask.device).repeat_interleave(self.cfg.group_size),
-            ref_logp=out.ref_logp,
-            rollout_logp=out.rollout_logp,  # for algo.tis_cap when the sampler is not the trained model
-            loss_mask=loss_mask,
-            max_steps=self._max_new_tokens,  # the generation limit: Dr.GRPO's constant normaliser
-            policy_inputs={
-                "input_ids": out.input_ids,
-                "attention_mask": out.attention_mask,
-                "prompt_length": torch.full((N,), out.prompt_length, device=mask.device),
-            },
-        )
+        def draw() -> List[str]:
+            drawn.append([self._train_item() for _ in range(K)])
+            return [self.prompt(x) for x in drawn[-1]]
+
+        def score(out: TokenRollout):
+            result = self._score(out.completions, [x for x in drawn[-1] for _ in range(G)])
+            overlong = self._overlong(out.completion_mask.sum(1).long())
+            return torch.tensor(result.scores, dtype=torch.float64) + torch.tensor(overlong, dtype=torch.float64), (result, overlong)
+
+        got = collect_varied_groups(policy, draw, G, K, self.cfg.max_sampling_rounds, score)
+        self._pending = {"scores": got.scores}
+        results = [r for r, _ in got.every_round]
+        self._metrics = self._reward_metrics(_concat_results(results), [v for _, o in got.every_round for v in o])
+        self._metrics.update({"sampling/rounds": float(got.rounds), "sampling/kept_groups": float(got.kept_groups),
+                              "sampling/dropped_groups": float(got.dropped_groups)})
+        self._metrics.update(rollout_metrics(got.rollout))
+        return token_batch(got.rollout, G, self._max_new_tokens, self.cfg.mask_truncated_completions)
 
     def _score(self, completions: List[str], items: List[Dict[str, Any]]):
         columns = {k: [x.get(k) for x in items] for k in items[0]}
@@ -225,7 +177,7 @@ class TextEnv(Environment):
             metrics["accuracy"] = float(np.mean(result.components[self.cfg.accuracy_reward]))
         return metrics
 
-    def score(self, batch: Batch) -> Batch:
+    def assign_rewards(self, batch: Batch) -> Batch:
         if self._pending is None:
             raise RuntimeError("score() called before collect()")
         scores = self._pending["scores"]
@@ -243,9 +195,15 @@ class TextEnv(Environment):
         metrics, self._metrics = self._metrics, {}
         return metrics
 
+    def display(self) -> EnvDisplay:
+        """Held-out greedy accuracy (train: the sampled completions' accuracy); evaluate takes ``k``."""
+        accuracy = Headline("accuracy", "eval/accuracy", "accuracy", fmt=".3f")
+        return EnvDisplay(name=self.cfg.task, headline=(accuracy,), evaluation="greedy", eval_unit="held-out items",
+                          step_unit="samples", pass_at_k=True)
+
     @torch.no_grad()
     def evaluate(self, policy, episodes: int, video_path: Optional[str] = None, seed: Optional[int] = None,
-                 k: int = 1, temperature: Optional[float] = None) -> Dict[str, float]:
+                 *, k: int = 1, temperature: Optional[float] = None) -> Dict[str, float]:
         """Greedy accuracy on the held-out set; with ``k > 1``, mean@k and unbiased pass@k of sampled answers."""
         items = self.held_out[: min(episodes, len(self.held_out))] if episodes else self.held_out
         sampling = SamplingConfig(policy.sampling.max_new_tokens, 0.0)
@@ -269,12 +227,14 @@ class TextEnv(Environment):
         return [float(v) > 0.5 for v in result.components[self.cfg.accuracy_reward]]
 
     def state_dict(self) -> Dict[str, Any]:
-        version, internal, gauss = self.rng.getstate()
-        return {"rng": [version, list(internal), gauss]}
+        from workbench.checkpoint import python_rng_to_plain
+
+        return {"rng": python_rng_to_plain(self.rng.getstate())}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        version, internal, gauss = state["rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
+        from workbench.checkpoint import python_rng_from_plain
+
+        self.rng.setstate(python_rng_from_plain(state["rng"]))
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -282,24 +242,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
-def soft_overlong_punishment(lengths: List[int], max_length: int, buffer: int, penalty: float = 1.0) -> List[float]:
-    """DAPO's soft overlong punishment (Yu et al. 2025, sec. 3.4) of completion lengths |y|:
-    0 for |y| <= L_max - L_cache, ((L_max - L_cache) - |y|) / L_cache * penalty up to L_max,
-    -penalty beyond. ``max_length`` = L_max, ``buffer`` = L_cache (0: all zeros)."""
-    if buffer <= 0:
-        return [0.0] * len(lengths)
-    start = max_length - buffer
-    out = []
-    for n in lengths:
-        if n <= start:
-            out.append(0.0)
-        elif n <= max_length:
-            out.append((start - n) / buffer * penalty)
-        else:
-            out.append(-float(penalty))
-    return out
 
 
 def _concat_results(results):

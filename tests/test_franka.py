@@ -220,11 +220,11 @@ def test_gym_control_collects_on_reach_and_logs_success():
 
 
 def test_success_logging_is_only_added_for_envs_that_report_it():
-    from envs.gym_control import _success
+    from workbench.rollout.control import episode_success
 
     final_info = {"is_success": np.array([True, False, False]), "_is_success": np.array([True, True, False])}
-    assert _success(final_info, 0) == 1.0 and _success(final_info, 1) == 0.0
-    assert np.isnan(_success(final_info, 2)) and np.isnan(_success({}, 0))
+    assert episode_success(final_info, 0) == 1.0 and episode_success(final_info, 1) == 0.0
+    assert np.isnan(episode_success(final_info, 2)) and np.isnan(episode_success({}, 0))
     cfg = GymControlEnv.Config(id="InvertedPendulum-v5", rollout_steps=64, kwargs={"max_episode_steps": 20})
     env = GymControlEnv(cfg, seed=0)
     from workbench.policies.gaussian_mlp import GaussianMLPPolicy

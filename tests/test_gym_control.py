@@ -21,7 +21,7 @@ def test_batch_shapes_and_contents():
     assert batch.policy_inputs["obs"].shape == (2, 64, 4)
     assert batch.policy_inputs["actions"].shape == (2, 64, 1)
     # stored log-probs are those the policy recomputes from the stored inputs
-    out = policy.evaluate({k: v.reshape(-1, 1, v.shape[-1]) for k, v in batch.policy_inputs.items()})
+    out = policy.log_probs({k: v.reshape(-1, 1, v.shape[-1]) for k, v in batch.policy_inputs.items()})
     torch.testing.assert_close(out.logp.reshape(2, 64), batch.logp_old, atol=1e-5, rtol=0)
     torch.testing.assert_close(out.values.reshape(2, 64), batch.values, atol=1e-5, rtol=0)
     # within a row, next_values are the following step's values except at truncations
@@ -125,6 +125,6 @@ def test_every_shipped_env_config_collects(name):
     run = validate(compose([f"env={name}", "env.rollout_steps=8", "env.num_envs=2"]))
     env = ENVS.get(run.env.name)(run.env, seed=0)
     policy = POLICIES.get(run.policy.name)(run.policy, env.spec())
-    batch = env.score(env.collect(policy))
+    batch = env.assign_rewards(env.collect(policy))
     assert batch.rewards.shape == (2, 8) and torch.isfinite(batch.rewards).all()
     env.close()

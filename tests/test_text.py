@@ -47,7 +47,7 @@ def test_rollout_logp_equals_training_forward_with_same_masking():
     N = out.input_ids.shape[0]
     assert N == 6 and out.completion_mask.shape == out.logp.shape
     inputs = {"input_ids": out.input_ids, "attention_mask": out.attention_mask, "prompt_length": torch.full((N,), out.prompt_length)}
-    ev = p.evaluate(inputs)
+    ev = p.log_probs(inputs)
     torch.testing.assert_close(ev.logp * out.completion_mask, out.logp)
     # the sampler's own log-probs agree with the recomputation up to kernel noise
     assert ((out.rollout_logp - out.logp).abs() * out.completion_mask).max() < 1e-4
@@ -139,7 +139,7 @@ def test_text_env_batch_groups_and_terminal_rewards():
     assert batch.logp_old.shape[0] == 12 and batch.group.tolist() == [0] * 4 + [1] * 4 + [2] * 4
     # force one correct completion so the reward lands somewhere
     env._pending["completions"][5] = env._pending["items"][5]["answer"]
-    scored = env.score(batch)
+    scored = env.assign_rewards(batch)
     last = batch.mask.sum(1).long() - 1
     assert scored.rewards[5, last[5]] == 1.0 and scored.rewards.sum() >= 1.0
     assert (scored.rewards * (1 - batch.dones)).abs().sum() == 0  # only on the last valid token

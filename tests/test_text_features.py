@@ -206,7 +206,7 @@ def test_overlong_penalty_in_env_score_and_metrics():
                        truncated=[False, False, False, True])
     env = scripted_env(overlong_buffer=4, overlong_penalty=2.0)
     batch = env.collect(ScriptedPolicy([out], max_new_tokens=8))
-    scored = env.score(batch)
+    scored = env.assign_rewards(batch)
     assert last_token_rewards(scored) == pytest.approx([1.0, -0.5, 1.0 - 1.0, 1.0 - 2.0])
     assert scored.rewards.sum() == pytest.approx(sum([1.0, -0.5, 0.0, -1.0]))
     m = env.pop_metrics()
@@ -218,7 +218,7 @@ def test_overlong_penalty_in_env_score_and_metrics():
 def test_overlong_off_by_default_and_buffer_checked():
     out = make_rollout([[5]] * 4, [[1] * 8] * 4, ["1", "0", "0", "0"])
     env = scripted_env()
-    scored = env.score(env.collect(ScriptedPolicy([out], max_new_tokens=8)))
+    scored = env.assign_rewards(env.collect(ScriptedPolicy([out], max_new_tokens=8)))
     assert last_token_rewards(scored) == [1.0, 0.0, 0.0, 0.0] and "reward/overlong" not in env.pop_metrics()
     with pytest.raises(ConfigError, match="exceeds policy.max_new_tokens"):
         scripted_env(overlong_buffer=9).collect(ScriptedPolicy([out], max_new_tokens=8))
@@ -253,7 +253,7 @@ def test_dynamic_sampling_filters_groups_and_repads_rounds():
     m = env.pop_metrics()
     assert (m["sampling/rounds"], m["sampling/kept_groups"], m["sampling/dropped_groups"]) == (2.0, 2.0, 2.0)
     assert m["accuracy"] == pytest.approx(4 / 8)  # over all 8 sampled completions, not the kept 4
-    scored = env.score(batch)
+    scored = env.assign_rewards(batch)
     assert last_token_rewards(scored) == [1.0, 0.0, 0.0, 1.0]
     assert scored.rewards.sum() == 2.0
 
@@ -272,7 +272,7 @@ def test_dynamic_sampling_discards_surplus_and_handles_shortage():
     assert batch.policy_inputs["input_ids"].tolist() == [[8, 9, 1, 0], [8, 9, 2, 3]]
     m = env.pop_metrics()
     assert (m["sampling/rounds"], m["sampling/kept_groups"], m["sampling/dropped_groups"]) == (2.0, 1.0, 3.0)
-    assert last_token_rewards(env.score(batch)) == [1.0, 0.0]
+    assert last_token_rewards(env.assign_rewards(batch)) == [1.0, 0.0]
 
 
 def test_dynamic_sampling_with_no_varying_group_keeps_the_last_round():
@@ -283,7 +283,7 @@ def test_dynamic_sampling_with_no_varying_group_keeps_the_last_round():
     assert batch.num_rows == 4 and batch.policy_inputs["input_ids"][:, 0].tolist() == [8] * 4
     m = env.pop_metrics()
     assert (m["sampling/rounds"], m["sampling/kept_groups"], m["sampling/dropped_groups"]) == (2.0, 0.0, 4.0)
-    assert last_token_rewards(env.score(batch)) == [1.0, 1.0, 0.0, 0.0]
+    assert last_token_rewards(env.assign_rewards(batch)) == [1.0, 1.0, 0.0, 0.0]
 
 
 def test_dynamic_sampling_counts_overlong_in_the_filter():
@@ -291,7 +291,7 @@ def test_dynamic_sampling_counts_overlong_in_the_filter():
     env = scripted_env(dynamic_sampling=True, prompts_per_iteration=1, overlong_buffer=2, max_sampling_rounds=1)
     batch = env.collect(ScriptedPolicy([make_rollout([[7]] * 2, [[1] * 8, [1]], ["1", "1"])], max_new_tokens=8))
     assert env.pop_metrics()["sampling/kept_groups"] == 1.0
-    assert last_token_rewards(env.score(batch)) == [0.0, 1.0]
+    assert last_token_rewards(env.assign_rewards(batch)) == [0.0, 1.0]
     with pytest.raises(ConfigError, match="group_size >= 2"):
         TextEnv.Config(dynamic_sampling=True, group_size=1)
 
@@ -305,7 +305,7 @@ def test_concat_rollouts_keeps_log_probs_of_a_real_model():
     N = merged.num_rows
     inputs = {"input_ids": merged.input_ids, "attention_mask": merged.attention_mask,
               "prompt_length": torch.full((N,), merged.prompt_length)}
-    logp = p.evaluate(inputs).logp * merged.completion_mask
+    logp = p.log_probs(inputs).logp * merged.completion_mask
     torch.testing.assert_close(logp, merged.logp, atol=1e-5, rtol=0)
     assert merged.completions == a.completions + b.completions
     assert merged.select([2, 0]).completions == [b.completions[0], a.completions[0]]
@@ -318,12 +318,12 @@ def test_dynamic_sampling_with_a_real_policy_end_to_end():
                                  rewards=[{"name": "regex_match", "pattern": "[0-4]"}], accuracy_reward="regex_match"),
                   seed=0)
     batch = env.collect(p)
-    scored = env.score(batch)
+    scored = env.assign_rewards(batch)
     m = env.pop_metrics()
     assert batch.num_rows % 3 == 0 and batch.num_rows == 3 * max(1, int(m["sampling/kept_groups"]))
     P = int(batch.policy_inputs["prompt_length"][0])
     assert (batch.policy_inputs["prompt_length"] == P).all()
-    ev = p.evaluate(batch.policy_inputs).logp * batch.mask
+    ev = p.log_probs(batch.policy_inputs).logp * batch.mask
     torch.testing.assert_close(ev, batch.logp_old, atol=1e-5, rtol=0)
     if m["sampling/kept_groups"] > 0:
         totals = scored.rewards.sum(1).view(-1, 3)
@@ -437,7 +437,7 @@ def test_masked_truncated_completion_keeps_its_reward_in_the_group_baseline():
 
     out = make_rollout([[5], [5]], [[1], [2, 2, 2, 2]], ["1", "2222"], truncated=[False, True])
     env = scripted_env(prompts_per_iteration=1, mask_truncated_completions=True, overlong_buffer=1)
-    batch = env.score(env.collect(ScriptedPolicy([out], max_new_tokens=4)))
+    batch = env.assign_rewards(env.collect(ScriptedPolicy([out], max_new_tokens=4)))
     assert last_token_rewards(batch) == [1.0, -1.0]
     # Dr.GRPO (no std): the baseline is the mean of the true rewards, 0, not (1 + 0) / 2
     adv = compute_advantages(batch, AlgoConfig(advantage="dr_grpo", normalize_advantages="none")).advantages
@@ -453,7 +453,7 @@ def test_text_batch_carries_the_generation_limit_for_dr_grpo():
 
     out = make_rollout([[5], [5]], [[1], [2, 2]], ["1", "22"])
     env = scripted_env(prompts_per_iteration=1)
-    batch = env.score(env.collect(ScriptedPolicy([out], max_new_tokens=8)))
+    batch = env.assign_rewards(env.collect(ScriptedPolicy([out], max_new_tokens=8)))
     assert batch.max_steps == 8 and batch.num_steps == 2
     assert next(minibatches(batch.with_(advantages=torch.zeros(2, 2)), "row", 1)).max_steps == 8
 
@@ -485,7 +485,7 @@ def test_ead_pairing_trains_the_t1_policy_with_truncated_is():
     inputs = {"input_ids": out.input_ids, "attention_mask": out.attention_mask,
               "prompt_length": torch.full((out.num_rows,), P)}
     with torch.no_grad():
-        torch.testing.assert_close(p.evaluate(inputs).logp * out.completion_mask, at_one, atol=1e-4, rtol=0)
+        torch.testing.assert_close(p.log_probs(inputs).logp * out.completion_mask, at_one, atol=1e-4, rtol=0)
 
 
 def test_ead_pairing_needs_a_truncated_is_cap():

@@ -24,7 +24,7 @@ def test_minibatches_cover_every_valid_cell_once(tmp_path):
     tr = trainer_for(tmp_path)
     from workbench.advantages import compute_advantages
 
-    batch = compute_advantages(tr.env.score(tr.env.collect(tr.policy)), tr.algo)
+    batch = compute_advantages(tr.env.assign_rewards(tr.env.collect(tr.policy)), tr.algo)
     batch = batch.with_(mask=batch.mask.clone())
     batch.mask[1, 10:] = 0  # padding cells must never be sampled
     seen = torch.cat([mb.logp_old.flatten() for mb in minibatches(batch, "cell", 4)])
@@ -83,14 +83,14 @@ def test_ppo_learns_inverted_pendulum(tmp_path):
 def test_nonfinite_loss_is_skipped_then_stops(tmp_path):
     tr = trainer_for(tmp_path, "total_steps=1024", "checkpoint_every=0", "eval_episodes=0")
     weights = [p.detach().clone() for p in tr.policy.parameters()]
-    evaluate = tr.policy.evaluate
+    log_probs = tr.policy.log_probs
 
     def poisoned(inputs):
-        out = evaluate(inputs)
+        out = log_probs(inputs)
         out.logp = out.logp * float("nan")
         return out
 
-    tr.policy.evaluate = poisoned
+    tr.policy.log_probs = poisoned
     with pytest.raises(TrainingError, match="non-finite"):
         tr.train(plot=False)
     for before, p in zip(weights, tr.policy.parameters()):
@@ -141,7 +141,7 @@ def test_target_kl_stops_the_epoch_loop_early(tmp_path):
     from workbench.advantages import compute_advantages
 
     tr = trainer_for(tmp_path, "algo.target_kl=1e-9", "algo.lr=0.01", "algo.update_epochs=5")
-    batch = compute_advantages(tr.env.score(tr.env.collect(tr.policy)), tr.algo)
+    batch = compute_advantages(tr.env.assign_rewards(tr.env.collect(tr.policy)), tr.algo)
     stats = tr.update(batch)
     # KL is measured before each step: the first minibatch sees the collecting policy (KL 0),
     # the second sees the first step's change and stops the loop (5 epochs x 4 were allowed)

@@ -76,7 +76,7 @@ def test_franka_rollout_gets_the_rapl_reward_of_its_own_frames(tmp_path):
                                                               frame_every=5))
     env = GymControlEnv(cfg, seed=0)
     policy = GaussianMLPPolicy(GaussianMLPPolicy.Config(), env.spec())
-    batch = env.score(env.collect(policy))
+    batch = env.assign_rewards(env.collect(policy))
     assert len(env.frames) == 10 and env.frames[0].shape == (1, 32, 32, 3) and env.frames[0].std() > 0
     expected = REWARDS.get("rapl")(checkpoint=str(tmp_path / "rapl.safetensors")).frame_rewards(np.stack(env.frames, 1)[0])
     np.testing.assert_allclose(batch.rewards[0].numpy(), np.repeat(expected / 5, 5), rtol=1e-5)

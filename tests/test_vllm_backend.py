@@ -101,7 +101,7 @@ def test_weights_are_pushed_only_after_they_changed():
     policy.rollout(["1+2="], n=2)  # collection / evaluation: no gradient, no change
     assert sync(policy.model, version.value) is False and pushed == []
     opt = torch.optim.Adam(policy.param_groups(), lr=1e-3, fused=True)  # fused Adam does not bump Tensor._version
-    policy.evaluate({"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3, dtype=torch.long),
+    policy.log_probs({"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3, dtype=torch.long),
                      "prompt_length": torch.tensor([1])}).logp.sum().backward()
     opt.step()
     assert sync(policy.model, version.value) is True and len(pushed) == 1

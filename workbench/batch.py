@@ -75,10 +75,60 @@ class Batch:
         """A copy with some fields replaced (batches are treated as values)."""
         return replace(self, **changes)
 
+    @property
+    def train_mask(self) -> torch.Tensor:
+        """[N, T] the steps that enter the loss: ``mask * loss_mask``."""
+        return self.mask if self.loss_mask is None else self.mask * self.loss_mask
+
+    def sample_ids(self, unit: str) -> torch.Tensor:
+        """The ids of the samples a minibatch draws from: every row (``unit="row"``), or every
+        cell of ``train_mask`` as ``row * T + step`` (``unit="cell"``)."""
+        if unit == "row":
+            return torch.arange(self.num_rows, device=self.mask.device)
+        return self.train_mask.reshape(-1).nonzero().squeeze(1)
+
+    def select(self, idx: torch.Tensor, unit: str) -> "Minibatch":
+        """The minibatch of samples ``idx`` (ids from :meth:`sample_ids`): whole rows as [M, T]
+        tensors, or single (row, step) cells as [M, 1]. Per-row inputs follow their row."""
+        if unit not in ("row", "cell"):
+            raise ValueError(f"unit must be 'row' or 'cell', got {unit!r}")
+        T = self.num_steps
+        if unit == "row":
+            def pick(t): return t[idx]
+            pick_input = pick_row = pick
+        else:
+            def pick(t): return t.reshape(-1)[idx].unsqueeze(1)
+            def pick_input(t): return t.reshape(-1, *t.shape[2:])[idx].unsqueeze(1)
+            def pick_row(t): return t[idx // T].unsqueeze(1)  # the row of each cell
+        optional = lambda t: None if t is None else pick(t)  # noqa: E731
+        return Minibatch(
+            logp_old=pick(self.logp_old),
+            mask=pick(self.train_mask),
+            advantages=pick(self.advantages),
+            returns=optional(self.returns),
+            values_old=optional(self.values),
+            ref_logp=optional(self.ref_logp),
+            rollout_logp=optional(self.rollout_logp),
+            policy_inputs={**{k: pick_input(v) for k, v in self.policy_inputs.items()},
+                           **{k: pick_row(v) for k, v in self.row_inputs.items()}},
+            max_steps=self.max_steps,
+        )
+
+
+@dataclass
+class PolicyOutput:
+    """What a policy's ``log_probs`` returns for a minibatch; all tensors [M, T] like its mask."""
+
+    logp: torch.Tensor  # new log-probs of the stored actions
+    entropy: Optional[torch.Tensor] = None
+    values: Optional[torch.Tensor] = None  # critic values, where the policy has a critic
+    ref_logp: Optional[torch.Tensor] = None  # token policies: KL by k1/k2/k3 estimators
+    kl: Optional[torch.Tensor] = None  # exact per-step KL where closed form exists (Gaussian steps)
+
 
 @dataclass
 class Minibatch:
-    """A slice of a Batch handed to ``policy.evaluate`` and the objective.
+    """A slice of a Batch handed to ``policy.log_probs`` and the objective.
 
     Row mode: tensors are [M, T]; cell mode: [M, 1] (one step per row). ``mask`` is the loss
     mask (Batch.mask * Batch.loss_mask). ``policy_inputs``
@@ -86,12 +136,12 @@ class Minibatch:
     row of each cell), so a policy reads both kinds alike.
     """
 
-    logp_old: torch.Tensor
-    mask: torch.Tensor
-    advantages: torch.Tensor
-    returns: Optional[torch.Tensor]
-    values_old: Optional[torch.Tensor]
-    ref_logp: Optional[torch.Tensor]
-    policy_inputs: Dict[str, torch.Tensor]
-    rollout_logp: Optional[torch.Tensor] = None
+    logp_old: torch.Tensor  # [M, T] (row) or [M, 1] (cell): log-prob under the collecting policy
+    mask: torch.Tensor  # [M, T] / [M, 1] the loss mask: Batch.mask * Batch.loss_mask
+    advantages: torch.Tensor  # [M, T] / [M, 1]
+    returns: Optional[torch.Tensor]  # [M, T] / [M, 1] value targets (GAE), else None
+    values_old: Optional[torch.Tensor]  # [M, T] / [M, 1] critic values at collection (value clipping)
+    ref_logp: Optional[torch.Tensor]  # [M, T] / [M, 1] reference log-probs, if collected
+    policy_inputs: Dict[str, torch.Tensor]  # [M, T, ...] / [M, 1, ...] step inputs, plus row_inputs [M, ...] / [M, 1, ...]
+    rollout_logp: Optional[torch.Tensor] = None  # [M, T] / [M, 1] the sampler's own log-probs (TIS)
     max_steps: Optional[int] = None  # Batch.max_steps: the constant of seq-mean-token-sum-norm

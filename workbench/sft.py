@@ -3,19 +3,18 @@ plumbing as RL (so LoRA, dtype and checkpoints behave the same).
 
 Policy-agnostic: the env supplies ``demonstrations(n) -> (prompts, targets)``, the policy
 turns them into ``policy_inputs`` and a mask with ``encode_demonstrations``, and the loss is
-the negative mean log-prob of the demonstrated actions from the policy's own ``evaluate``.
+the negative mean log-prob of the demonstrated actions from the policy's own ``log_probs``.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict
 
 import torch
 
 from workbench.registry import ConfigError, LR_SCHEDULES
 
 
-def supervised_finetune(policy, env, cfg, device: torch.device, log: Callable[[int, Dict[str, float]], None],
-                        evaluate: Optional[Callable[[], Dict[str, float]]] = None) -> Dict[str, float]:
+def supervised_finetune(policy, env, cfg, device: torch.device, log: Callable[[int, Dict[str, float]], None]) -> None:
     if not hasattr(env, "demonstrations") or not hasattr(policy, "encode_demonstrations"):
         raise ConfigError("sft.steps > 0 needs an env with demonstrations and a policy that encodes them (e.g. text + causal_lm)")
     optimizer = torch.optim.AdamW(policy.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -30,7 +29,7 @@ def supervised_finetune(policy, env, cfg, device: torch.device, log: Callable[[i
         inputs, mask = policy.encode_demonstrations(prompts, targets)
         inputs = {k: v.to(device) for k, v in inputs.items()}
         mask = mask.to(device)
-        logp = policy.evaluate(inputs).logp
+        logp = policy.log_probs(inputs).logp
         loss = -(logp * mask).sum() / mask.sum().clamp(min=1)
         if not torch.isfinite(loss):
             continue
@@ -45,4 +44,3 @@ def supervised_finetune(policy, env, cfg, device: torch.device, log: Callable[[i
             log(step + 1, {"sft/loss": running / n, "sft/lr": optimizer.param_groups[0]["lr"]})
             running = 0.0
     policy.eval()
-    return evaluate() if evaluate else {}

@@ -22,6 +22,7 @@ from workbench.config import RunConfig, to_yaml
 from workbench.objectives import objective
 from workbench.registry import ConfigError, ENVS, LR_SCHEDULES, POLICIES
 from workbench.runlog import RunLogger, lock_run_dir, plot_learning_curve, release_run_dir
+from workbench.stages.reward_shapers import shape_rewards
 
 
 class TrainingError(RuntimeError):
@@ -49,33 +50,12 @@ def minibatches(batch: Batch, unit: str, num_minibatches: int) -> Iterator[Minib
     ``num_minibatches`` minibatches whose sizes differ by at most one (fewer if there are fewer
     samples); when the count divides evenly they are the contiguous slices of one permutation.
     """
-    mask = batch.mask if batch.loss_mask is None else batch.mask * batch.loss_mask
-    if unit == "row":
-        order = torch.randperm(batch.num_rows, device=mask.device)
-        pick = lambda t: t[idx]  # noqa: E731
-        pick_input = pick_row = pick
-    else:
-        valid = mask.reshape(-1).nonzero().squeeze(1)
-        order = valid[torch.randperm(valid.numel(), device=valid.device)]
-        T = batch.num_steps
-        pick = lambda t: t.reshape(-1)[idx].unsqueeze(1)  # noqa: E731
-        pick_input = lambda t: t.reshape(-1, *t.shape[2:])[idx].unsqueeze(1)  # noqa: E731
-        pick_row = lambda t: t[idx // T].unsqueeze(1)  # noqa: E731  (the row of each cell)
+    ids = batch.sample_ids(unit)
+    order = ids[torch.randperm(ids.numel(), device=ids.device)]
     for idx in torch.tensor_split(order, min(num_minibatches, max(order.numel(), 1))):
         if idx.numel() == 0:
             return
-        yield Minibatch(
-            logp_old=pick(batch.logp_old),
-            mask=pick(mask),
-            advantages=pick(batch.advantages),
-            returns=pick(batch.returns) if batch.returns is not None else None,
-            values_old=pick(batch.values) if batch.values is not None else None,
-            ref_logp=pick(batch.ref_logp) if batch.ref_logp is not None else None,
-            rollout_logp=pick(batch.rollout_logp) if batch.rollout_logp is not None else None,
-            policy_inputs={**{k: pick_input(v) for k, v in batch.policy_inputs.items()},
-                           **{k: pick_row(v) for k, v in batch.row_inputs.items()}},
-            max_steps=batch.max_steps,
-        )
+        yield batch.select(idx, unit)
 
 
 def check_master_weights(params: List[torch.Tensor], policy_name: str) -> None:
@@ -184,7 +164,7 @@ class Trainer:
                 if algo.normalize_advantages == "minibatch":
                     mb.advantages = normalize_advantages(mb.advantages, mb.mask)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                    out = self.policy.evaluate(mb.policy_inputs)
+                    out = self.policy.log_probs(mb.policy_inputs)
                 loss, metrics = objective(out, mb, algo)
                 if not torch.isfinite(loss):
                     self.nonfinite_updates += 1
@@ -222,7 +202,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(to_yaml(run))
         self.env.attach(self.run_dir)
-        logger = logger or RunLogger(self.run_dir, run.total_steps, self.step, progress=run.progress)
+        logger = logger or RunLogger(self.run_dir, run.total_steps, self.step, progress=run.progress, display=self.env.display())
         schedule = LR_SCHEDULES.get(self.algo.lr_schedule)
         final: Dict[str, float] = {}
         try:
@@ -237,7 +217,8 @@ class Trainer:
                 self.policy.eval()
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                     batch = self.env.collect(self.policy)  # the same numerics as the training forward: ratio 1 at first
-                batch = self.env.score(batch)
+                batch = self.env.assign_rewards(batch)
+                batch, shaped = shape_rewards(batch, self.algo.stages.reward_shapers)  # e.g. DAPO overlong
                 batch = compute_advantages(batch, self.algo, self.advantage_state)
                 t_collect = time.perf_counter() - t0
                 self.policy.train()
@@ -246,7 +227,7 @@ class Trainer:
                 self.step += self.env.steps_per_collect
                 elapsed = time.perf_counter() - t0
                 metrics = {
-                    **self.env.pop_metrics(), **stats,
+                    **self.env.pop_metrics(), **shaped, **stats,
                     "reward/mean": float((batch.rewards * batch.mask).sum() / batch.mask.sum()),  # per step
                     "reward/per_row": float((batch.rewards * batch.mask).sum(1).mean()),  # per trajectory
                     "perf/steps_per_s": self.env.steps_per_collect / elapsed,
@@ -261,7 +242,7 @@ class Trainer:
                     self.save_checkpoint()
             self.save_checkpoint()
             if run.eval_episodes > 0:
-                video = str(self.run_dir / "rollout.mp4") if run.final_video and getattr(self.env, "renders", False) else None
+                video = str(self.run_dir / "rollout.mp4") if run.final_video and self.env.display().renders else None
                 final = self.env.evaluate(self.policy, run.eval_episodes, video_path=video)
                 logger.log(self.step, final)
         finally:
@@ -269,8 +250,8 @@ class Trainer:
             self.env.close()
             release_run_dir(self.run_dir)
         if plot:
-            what = getattr(run.env, "id", None) or getattr(run.env, "task", None) or run.env.name
-            plot_learning_curve(self.run_dir, title=f"{run.name} ({what}, {self.algo.name})")
+            display = self.env.display()
+            plot_learning_curve(self.run_dir, display, title=f"{run.name} ({display.name}, {self.algo.name})")
         return final
 
     def resume(self) -> None:

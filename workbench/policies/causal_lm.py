@@ -16,8 +16,9 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from workbench.environment import EnvSpec
-from workbench.objectives import PolicyOutput
-from workbench.policies.base import Policy
+from workbench.batch import PolicyOutput
+from workbench.policies.base import TokenGenerator
+from workbench.config import check_choices, choice
 from workbench.registry import ConfigError, POLICIES
 from workbench.rollout.base import SamplingConfig, TokenRollout, normalize_schedule, trains_at_temperature_one, training_logits
 
@@ -39,7 +40,7 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, with_entropy: bo
 
 
 @POLICIES.register("causal_lm")
-class CausalLMPolicy(Policy):
+class CausalLMPolicy(TokenGenerator):
     sample_unit = "row"
 
     @dataclass
@@ -51,12 +52,12 @@ class CausalLMPolicy(Policy):
         # dtype of the weights that do not train (the frozen reference, the base under LoRA) and of
         # the vLLM engine's copy: auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16. Trained
         # weights are always float32 masters; bf16 compute comes from the run's precision (autocast)
-        dtype: str = "auto"
+        dtype: str = choice("auto", "float32", "bfloat16")
         lora: Optional[Dict[str, Any]] = None  # peft LoraConfig fields, e.g. {r: 16, lora_alpha: 32, target_modules: all-linear}
-        reference: str = "none"  # none | frozen (copy of the initial weights) | lora_base (adapters disabled)
+        reference: str = choice("none", "frozen", "lora_base")  # frozen: a copy of the initial weights; lora_base: adapters disabled
         chat_template: bool = False  # wrap each prompt as a user message with the tokenizer's chat template
         system_prompt: Optional[str] = None
-        backend: str = "hf"  # hf | vllm
+        backend: str = choice("hf", "vllm")
         max_new_tokens: int = 64
         temperature: float = 1.0
         top_p: float = 1.0
@@ -66,21 +67,19 @@ class CausalLMPolicy(Policy):
         # logp_old from a no-grad training forward (true), or the sampler's own log-probs (false).
         # auto: recompute unless the sampler is this very model in fp32 (hf backend), where both
         # are the same computation (measured mismatch ~1e-7)
-        recompute_logp: str = "auto"  # auto | true | false
+        recompute_logp: str = choice("auto", "true", "false")
         gradient_checkpointing: bool = False
         vllm: Dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM arguments
 
         def __post_init__(self) -> None:
+            self.recompute_logp = str(self.recompute_logp).lower()  # YAML true/false arrive as "True"/"False"
+            check_choices(self, "policy")
             if (self.model is None) == (self.model_config is None):
                 raise ConfigError("policy: give exactly one of policy.model (hub id or path) and policy.model_config")
-            if self.reference not in ("none", "frozen", "lora_base"):
-                raise ConfigError(f"policy.reference={self.reference!r} is not valid; valid choices: none, frozen, lora_base")
             if self.reference == "lora_base" and not self.lora:
                 raise ConfigError("policy.reference=lora_base needs policy.lora")
             if self.reference == "frozen" and self.lora:
                 raise ConfigError("with policy.lora use policy.reference=lora_base (the adapters switched off)")
-            if self.backend not in ("hf", "vllm"):
-                raise ConfigError(f"policy.backend={self.backend!r} is not valid; valid choices: hf, vllm")
             if self.temperature_schedule is not None:
                 normalize_schedule(dict(self.temperature_schedule))
                 if self.backend == "vllm":
@@ -89,11 +88,11 @@ class CausalLMPolicy(Policy):
                         and str(self.recompute_logp).lower() == "false":
                     raise ConfigError("policy.temperature_schedule.train_at_temperature_one needs the T = 1 log-probs "
                                       "recomputed: drop policy.recompute_logp=false")
-            self.recompute_logp = str(self.recompute_logp).lower()
-            if self.recompute_logp not in ("auto", "true", "false"):
-                raise ConfigError(f"policy.recompute_logp={self.recompute_logp!r} is not valid; valid choices: auto, true, false")
-            if self.dtype not in ("auto", "float32", "bfloat16"):
-                raise ConfigError(f"policy.dtype={self.dtype!r} is not valid; valid choices: auto, float32, bfloat16")
+
+        @property
+        def has_reference(self) -> bool:
+            """Whether the policy keeps a KL reference (``algo.beta > 0`` needs one)."""
+            return self.reference != "none"
 
     def __init__(self, cfg: "CausalLMPolicy.Config", spec: Optional[EnvSpec] = None) -> None:
         super().__init__()
@@ -284,7 +283,7 @@ class CausalLMPolicy(Policy):
         logits = training_logits(logits, self.sampling)  # the sampler's temperatures (T = 1 under EAD pairing)
         return token_logprobs(logits, ids[:, P:], with_entropy)
 
-    def evaluate(self, policy_inputs: Dict[str, torch.Tensor]) -> PolicyOutput:
+    def log_probs(self, policy_inputs: Dict[str, torch.Tensor]) -> PolicyOutput:
         """Log-probs and entropies [M, T] of the completion tokens of whole rows."""
         logp, entropy = self._forward(policy_inputs)
         return PolicyOutput(logp=logp, entropy=entropy)

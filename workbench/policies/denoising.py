@@ -11,10 +11,10 @@ SDE of Flow-GRPO: :mod:`workbench.policies.flow`); everything else lives here, o
   function at sampling and at re-evaluation, so the first PPO ratio is exactly 1.
 - KL to the reference (a frozen copy, or the same model with LoRA off) is exact per step:
   ``mean_dims(||mu - mu_ref||^2) / (2 std^2)``.
-- Which steps are trained: a window of step indices (``train_window``), B²-DiffuRL's backward
-  progressive window (``progressive_start``: the last k steps first, extended back to all
-  steps over ``progressive_iterations`` collects), and inside it DDPO's random
-  ``timestep_fraction``.
+- Which steps are trained: the step selectors of :mod:`workbench.stages.step_selectors`, a
+  window of step indices (``train_window``), B²-DiffuRL's backward progressive window
+  (``progressive_start``: the last k steps first, extended back to all steps over
+  ``progressive_iterations`` collects), and inside it DDPO's random ``timestep_fraction``.
 - Branch sampling (B²-DiffuRL): rows with the same ``trunk`` id share their noise and every
   step before the first trained one, then branch; their rewards differ only through the
   trained steps, so a group-relative advantage over a trunk credits exactly those steps.
@@ -38,9 +38,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from workbench.objectives import PolicyOutput
-from workbench.policies.base import Policy
+from workbench.batch import PolicyOutput
+from workbench.policies.base import DenoisingSampler
+from workbench.config import check_choices, choice
 from workbench.registry import ConfigError
+from workbench.stages import STEP_SELECTORS
+from workbench.stages.step_selectors import TimestepFractionConfig, WindowConfig
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 Cond = Dict[str, torch.Tensor]
@@ -58,25 +61,6 @@ def gaussian_kl_same_std(mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.
     """[M] KL(N(mean, s^2) || N(mean_ref, s^2)) per dimension, averaged over dimensions."""
     s2 = std.float() ** 2
     return ((mean.float() - mean_ref.float()) ** 2).flatten(1).mean(1) / (2 * s2)
-
-
-def trained_window(num_steps: int, iteration: int, window: Optional[Sequence[int]], progressive_start: Optional[int],
-                   progressive_iterations: int) -> Tuple[int, int]:
-    """(first, end) step indices trained at this ``iteration`` (end exclusive; 0 = noisiest).
-
-    ``window`` = [first, end) fixes it (negative indices count from the end). With
-    ``progressive_start`` = k (B²-DiffuRL) only the last k steps are trained at first, and the
-    window grows back linearly to all steps over ``progressive_iterations`` collects (B² grows
-    its 14 of 20 steps to 20 over 100 stages: ``k + floor(i * (T - k + 1) / I)``).
-    """
-    first, end = 0, num_steps
-    if window is not None:
-        first, end = (int(w) + num_steps if int(w) < 0 else int(w) for w in window)
-    if progressive_start is not None:
-        span = end - first
-        n = min(span, int(progressive_start) + (iteration * (span - int(progressive_start) + 1)) // max(1, progressive_iterations))
-        first = end - n
-    return first, end
 
 
 @dataclass
@@ -181,7 +165,7 @@ def inject_lora(model: nn.Module, options: Dict[str, Any], default_targets: List
     return model
 
 
-class DenoisingPolicy(Policy, abc.ABC):
+class DenoisingPolicy(DenoisingSampler):
     """Base of the denoising policies. A subclass builds ``self.model`` (the trained denoiser),
     ``self.conditioner``, and implements ``_schedule``, ``_forward``, ``_step`` and
     ``_decode``; see the module docstring for what the base does with them."""
@@ -284,18 +268,18 @@ class DenoisingPolicy(Policy, abc.ABC):
 
     # ------------------------------------------------------------------ rollout
     def train_mask(self, n: int, iteration: int, generator: Optional[torch.Generator]) -> Tuple[torch.Tensor, int]:
-        """([n, T] 1 on trained steps: the window, then a random ``timestep_fraction`` of it;
-        the window's first step, where branches split)."""
-        cfg, T = self.cfg, self.cfg.num_steps
-        first, end = trained_window(T, iteration, cfg.train_window, cfg.progressive_start, cfg.progressive_iterations)
-        mask = torch.zeros(n, T)
-        k = max(1, int(round((end - first) * cfg.timestep_fraction)))
-        if k < end - first:  # DDPO: a random subset of the window's steps per sample
-            order = torch.argsort(torch.rand(n, end - first, generator=generator), dim=1)
-            mask[:, first:end] = (order < k).float()
-        else:
-            mask[:, first:end] = 1.0
-        return mask, first
+        """([n, T] 1 on trained steps; the window's first step, where branches split).
+
+        Two step selectors (:mod:`workbench.stages.step_selectors`) choose them in turn: the
+        ``window`` (``train_window``, B²'s ``progressive_start``), then DDPO's random
+        ``timestep_fraction`` of it, the only one that draws from ``generator``."""
+        cfg = self.cfg
+        window = WindowConfig(window=cfg.train_window, progressive_start=cfg.progressive_start,
+                              progressive_iterations=cfg.progressive_iterations)
+        mask = STEP_SELECTORS.get("window")(torch.ones(n, cfg.num_steps), iteration, generator, window)
+        first = int(mask[0].nonzero()[0])  # the steps before the window are shared by branches, never trained
+        fraction = TimestepFractionConfig(fraction=cfg.timestep_fraction)
+        return STEP_SELECTORS.get("timestep_fraction")(mask, iteration, generator, fraction), first
 
     @torch.no_grad()
     def sample(self, prompts, generator: Optional[torch.Generator] = None, iteration: int = 0,
@@ -347,7 +331,7 @@ class DenoisingPolicy(Policy, abc.ABC):
         return self._decode(x), traj
 
     # ------------------------------------------------------------------ scoring
-    def evaluate(self, policy_inputs: Dict[str, torch.Tensor]) -> PolicyOutput:
+    def log_probs(self, policy_inputs: Dict[str, torch.Tensor]) -> PolicyOutput:
         M, S = policy_inputs["x_t"].shape[:2]
         flat = {k: v.reshape(M * S, *v.shape[2:]) for k, v in policy_inputs.items()}
         x_t, x_prev, step = flat.pop("x_t"), flat.pop("x_prev"), flat.pop("step").long()
@@ -383,11 +367,12 @@ class DenoisingConfig:
     progressive_iterations: int = 100  # collects over which the progressive window reaches all steps
     eval_num_steps: Optional[int] = None  # steps of evaluation chains; null = num_steps
     eval_deterministic: bool = False  # evaluate with the deterministic chain (eta 0 / the ODE)
-    reference: Optional[str] = None  # KL reference: null | frozen | lora_base
+    reference: Optional[str] = choice(None, "frozen", "lora_base")  # KL reference
     lora: Optional[Dict[str, Any]] = None  # peft LoraConfig kwargs (r, lora_alpha, target_modules); trains only the adapters
-    weights_dtype: str = "float32"  # dtype of loaded weights that do not train (VAE, text encoders; the denoiser under LoRA)
+    weights_dtype: str = choice(*DTYPES)  # dtype of loaded weights that do not train (VAE, text encoders; the denoiser under LoRA)
 
     def __post_init__(self) -> None:
+        check_choices(self, "policy")
         if self.num_steps < 1:
             raise ConfigError(f"policy.num_steps must be >= 1, got {self.num_steps}")
         if self.eval_num_steps is not None and self.eval_num_steps < 1:
@@ -396,12 +381,8 @@ class DenoisingConfig:
             raise ConfigError(f"policy.timestep_fraction must lie in (0, 1], got {self.timestep_fraction}")
         if self.guidance_scale < 1:
             raise ConfigError(f"policy.guidance_scale must be >= 1, got {self.guidance_scale}")
-        if self.reference not in (None, "frozen", "lora_base"):
-            raise ConfigError(f"policy.reference={self.reference!r} is not valid; valid choices: null, frozen, lora_base")
         if self.reference == "lora_base" and not self.lora:
             raise ConfigError("policy.reference=lora_base needs policy.lora (the base is the model with adapters off)")
-        if self.weights_dtype not in DTYPES:
-            raise ConfigError(f"policy.weights_dtype={self.weights_dtype!r} is not valid; valid choices: {', '.join(DTYPES)}")
         if self.train_window is not None:
             if len(self.train_window) != 2:
                 raise ConfigError(f"policy.train_window must be [first, end), got {self.train_window}")
@@ -412,3 +393,8 @@ class DenoisingConfig:
             raise ConfigError(f"policy.progressive_start must be >= 1, got {self.progressive_start}")
         if self.progressive_iterations < 1:
             raise ConfigError(f"policy.progressive_iterations must be >= 1, got {self.progressive_iterations}")
+
+    @property
+    def has_reference(self) -> bool:
+        """Whether the policy keeps a KL reference (``algo.beta > 0`` needs one)."""
+        return self.reference is not None

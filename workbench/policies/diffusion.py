@@ -158,7 +158,6 @@ class DiffusionDDIMPolicy(DenoisingPolicy):
                 if not 0 <= null_class < num_classes:
                     raise ConfigError(f"policy.null_class={null_class} outside the {num_classes} class embeddings")
             self.conditioner = ClassConditioner(num_classes, null_class)
-            self.null_class = null_class
             size = uc.sample_size
             self.latent_shape = (int(uc.in_channels), int(size), int(size)) if isinstance(size, int) \
                 else (int(uc.in_channels), *map(int, size))
