@@ -38,7 +38,7 @@ from workbench.batch import Batch
 from workbench.policies.base import DenoisingSampler
 from workbench.rollout.denoising import collect_chains, terminal_rewards
 from workbench.environment import EnvDisplay, Environment, Headline
-from workbench.config import check_choices, choice, reward_specs
+from workbench.fields import check_choices, choice, reward_specs
 from workbench.registry import ConfigError, ENVS
 
 def image_grid(images: torch.Tensor, cols: Optional[int] = None, pad: int = 2) -> np.ndarray:

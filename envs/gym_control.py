@@ -30,7 +30,7 @@ from workbench.normalization import RunningMeanStd
 from workbench.policies.base import ControlActor
 from workbench.rollout.control import VectorEnvCollector, run_episodes
 from workbench.environment import RETURN, EnvDisplay, Environment, EnvSpec, Headline
-from workbench.config import check_choices, choice
+from workbench.fields import check_choices, choice
 from workbench.registry import ConfigError, ENVS
 
 

@@ -24,7 +24,7 @@ import torch
 from envs.text_tasks import build_task, eval_items
 from workbench.batch import Batch
 from workbench.environment import EnvDisplay, Environment, Headline
-from workbench.config import reward_specs
+from workbench.fields import reward_specs
 from workbench.registry import ConfigError, ENVS
 from workbench.policies.base import TokenGenerator
 from workbench.rollout.base import SamplingConfig, TokenRollout

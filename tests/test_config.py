@@ -130,7 +130,7 @@ def test_choices_are_checked_generically_with_one_message():
     from dataclasses import dataclass, field
     from typing import Optional
 
-    from workbench.config import check_choices, choice
+    from workbench.fields import check_choices, choice
     from workbench.registry import LR_SCHEDULES
 
     @dataclass

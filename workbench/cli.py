@@ -115,24 +115,6 @@ def cmd_sft(args) -> int:
     return 0
 
 
-def load_trained(run_dir: Path, checkpoint_path: Optional[str] = None):
-    """(run config, env, policy) of a finished or running run, weights from its newest checkpoint."""
-    import torch
-
-    from workbench import checkpoint, config
-    from workbench.registry import ENVS, POLICIES
-
-    run = config.load_saved(run_dir, [])
-    path = Path(checkpoint_path) if checkpoint_path else checkpoint.latest(run_dir / "checkpoints")
-    if path is None or not path.exists():
-        raise ConfigError(f"no checkpoint found in {run_dir / 'checkpoints'}")
-    env = ENVS.get(run.env.name)(run.env, seed=run.seed)
-    policy = POLICIES.get(run.policy.name)(run.policy, env.spec())
-    policy.load_state_dict(checkpoint.load(path)["policy"])
-    torch.set_num_threads(run.threads)
-    return run, env, policy.eval(), path
-
-
 def cmd_eval(args) -> int:
     import json
 
@@ -142,6 +124,8 @@ def cmd_eval(args) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"no such run directory: {run_dir}")
+    from workbench.export import load_trained
+
     run, env, policy, path = load_trained(run_dir, args.checkpoint)
     display = env.display()
     video = None if args.no_video or not display.renders else str(Path(args.video) if args.video else run_dir / "eval.mp4")

@@ -55,6 +55,23 @@ def exporter(*classes: type):
     return register
 
 
+def load_trained(run_dir: Path, checkpoint_path: Optional[str] = None):
+    """(run config, env, policy, checkpoint path) of a finished or running run, weights from its
+    newest checkpoint (or ``checkpoint_path``)."""
+    from workbench import checkpoint, config
+    from workbench.registry import ENVS, POLICIES
+
+    run = config.load_saved(run_dir, [])
+    path = Path(checkpoint_path) if checkpoint_path else checkpoint.latest(run_dir / "checkpoints")
+    if path is None or not path.exists():
+        raise ConfigError(f"no checkpoint found in {run_dir / 'checkpoints'}")
+    env = ENVS.get(run.env.name)(run.env, seed=run.seed)
+    policy = POLICIES.get(run.policy.name)(run.policy, env.spec())
+    policy.load_state_dict(checkpoint.load(path)["policy"])
+    torch.set_num_threads(run.threads)
+    return run, env, policy.eval(), path
+
+
 def export_policy(policy, out: Path, lora: Optional[str] = None, spec: Optional[EnvSpec] = None) -> Dict[str, str]:
     """Write ``policy`` into the (existing, empty) folder ``out``; ``lora``: merge | adapter |
     None (the family's default). Returns what was written and how to load it."""
@@ -75,8 +92,6 @@ def export_run(run_dir: Path, out: Path, checkpoint_path: Optional[str] = None, 
     The export is written to a temporary folder beside ``out`` and renamed into place, so a
     failed export leaves nothing half-written. An existing non-empty ``out`` is replaced only
     with ``force``."""
-    from workbench.cli import load_trained
-
     run_dir, out = Path(run_dir), Path(out)
     if not run_dir.is_dir():
         raise ConfigError(f"no such run directory: {run_dir}")

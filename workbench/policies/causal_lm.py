@@ -18,7 +18,7 @@ import torch
 from workbench.environment import EnvSpec
 from workbench.batch import PolicyOutput
 from workbench.policies.base import TokenGenerator
-from workbench.config import check_choices, choice
+from workbench.fields import check_choices, choice
 from workbench.registry import ConfigError, POLICIES
 from workbench.rollout.base import SamplingConfig, TokenRollout, normalize_schedule, trains_at_temperature_one, training_logits
 

@@ -40,7 +40,7 @@ from torch import nn
 
 from workbench.batch import PolicyOutput
 from workbench.policies.base import DenoisingSampler
-from workbench.config import check_choices, choice
+from workbench.fields import check_choices, choice
 from workbench.registry import ConfigError
 from workbench.stages import STEP_SELECTORS
 from workbench.stages.step_selectors import TimestepFractionConfig, WindowConfig

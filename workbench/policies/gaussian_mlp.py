@@ -19,7 +19,7 @@ from workbench.environment import EnvSpec
 from workbench.normalization import RunningMeanStd
 from workbench.objectives import PolicyOutput
 from workbench.policies.base import ControlActor
-from workbench.config import check_choices, choice
+from workbench.fields import check_choices, choice
 from workbench.registry import ConfigError, POLICIES
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}

@@ -25,7 +25,7 @@ from workbench.environment import EnvSpec
 from workbench.normalization import RunningMeanStd
 from workbench.objectives import PolicyOutput
 from workbench.policies.gaussian_mlp import ACTIVATIONS, ActOutput, GaussianActorCritic, fast_forward, mlp
-from workbench.config import check_choices, choice
+from workbench.fields import check_choices, choice
 from workbench.registry import ConfigError, POLICIES
 from workbench.vision import CONV_STACKS, channel_stats, conv_stack, data_config, timm_backbone
 

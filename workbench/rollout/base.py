@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from workbench.config import invalid_choice
+from workbench.fields import invalid_choice
 from workbench.registry import ConfigError
 
 # keys of SamplingConfig.temperature_schedule, with their defaults (None: required)
