@@ -35,11 +35,11 @@ import numpy as np
 import torch
 
 from workbench.batch import Batch
-from workbench.policies.base import DenoisingSampler
-from workbench.rollout.denoising import collect_chains, terminal_rewards
 from workbench.environment import EnvDisplay, Environment, Headline
 from workbench.fields import check_choices, choice, reward_specs
+from workbench.policies.base import DenoisingSampler
 from workbench.registry import ConfigError, ENVS
+from workbench.rollout.denoising import collect_chains, terminal_rewards
 
 def image_grid(images: torch.Tensor, cols: Optional[int] = None, pad: int = 2) -> np.ndarray:
     """[B, C, H, W] floats in [0, 1] -> one HWC uint8 grid (white padding)."""

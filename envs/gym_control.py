@@ -24,14 +24,14 @@ import torch
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
 from envs.pixels import PixelConfig, PixelStack, RenderedPixels  # noqa: F401  (PixelConfig: config type)
-from envs.video_reward import VideoReward, VideoRewardConfig
 from workbench.batch import Batch
-from workbench.normalization import RunningMeanStd
-from workbench.policies.base import ControlActor
-from workbench.rollout.control import VectorEnvCollector, run_episodes
 from workbench.environment import RETURN, EnvDisplay, Environment, EnvSpec, Headline
 from workbench.fields import check_choices, choice
+from workbench.normalization import RunningMeanStd
+from workbench.policies.base import ControlActor
 from workbench.registry import ConfigError, ENVS
+from workbench.rewards.video import VideoReward, VideoRewardConfig
+from workbench.rollout.control import VectorEnvCollector, run_episodes
 
 
 def _route_mujoco_warnings() -> None:
@@ -193,7 +193,7 @@ class GymControlEnv(Environment):
             close = [k for k in gym.registry if cfg.id.split("-")[0].lower() in k.lower()][:8]
             raise ConfigError(f"unknown gymnasium env id '{cfg.id}'" + (f"; similar: {', '.join(close)}" if close else ""))
         self.cfg, self.seed = cfg, seed
-        self.video_reward = VideoReward(cfg.video_reward) if cfg.video_reward.name else None
+        self.video_reward = VideoReward(cfg.video_reward) if cfg.video_reward.enabled else None
         render_mode = "rgb_array" if self.video_reward else None  # the learned reward watches the training episodes
         fns = [make_env(cfg.id, i, dict(cfg.kwargs), render_mode=render_mode, pixels=cfg.pixels, frame_stack=cfg.frame_stack)
                for i in range(cfg.num_envs)]

@@ -25,8 +25,8 @@ from envs.text_tasks import build_task, eval_items
 from workbench.batch import Batch
 from workbench.environment import EnvDisplay, Environment, Headline
 from workbench.fields import reward_specs
-from workbench.registry import ConfigError, ENVS
 from workbench.policies.base import TokenGenerator
+from workbench.registry import ConfigError, ENVS
 from workbench.rollout.base import SamplingConfig, TokenRollout
 from workbench.rollout.tokens import collect_groups, collect_varied_groups, rollout_metrics, token_batch
 from workbench.stages.reward_shapers import soft_overlong_punishment

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from envs.video_reward import VideoReward, VideoRewardConfig
+from workbench.rewards.video import VideoReward, VideoRewardConfig
 from workbench.registry import REWARDS, ConfigError
 
 
@@ -83,3 +83,25 @@ def test_franka_rollout_gets_the_rapl_reward_of_its_own_frames(tmp_path):
     metrics = env.pop_metrics()
     assert metrics["reward/video_return"] == pytest.approx(expected.sum(), rel=1e-5) and metrics["episode/count"] == 1
     env.close()
+
+
+def test_several_video_rewards_are_one_pipeline_weighted_per_frame():
+    # two rewards through the same RewardPipeline: brightness (w 1) and brightness again under an
+    # alias (w -0.25); one episode of 2 steps, frames rendered at both steps
+    specs = [{"name": "_test_brightness_video", "weight": 1.0},
+             {"name": "_test_brightness_video", "alias": "dim", "weight": -0.25}]
+    vr = VideoReward(VideoRewardConfig(rewards=specs))
+    frames = [np.full((1, 2, 2, 3), 40, dtype=np.uint8), np.full((1, 2, 2, 3), 80, dtype=np.uint8)]
+    out, metrics = vr(frames, np.zeros((2, 1)), np.array([[False], [True]]))
+    np.testing.assert_allclose(out[:, 0], [0.75 * 40, 0.75 * 80])
+    assert metrics["reward/video_return"] == pytest.approx(2 * (40 + 80))  # unweighted, summed over the rewards
+
+
+def test_video_reward_config_mistakes_are_one_line_at_start_up():
+    with pytest.raises(ConfigError, match="not both"):
+        VideoRewardConfig(name="_test_brightness_video", rewards=[{"name": "_test_brightness_video"}])
+    with pytest.raises(ConfigError, match=r"env.video_reward\[0\]: unknown option 'brightness'"):
+        VideoRewardConfig(name="_test_brightness_video", options={"brightness": 1})
+    with pytest.raises(ConfigError, match="reward 'jpeg_compressibility' gives no per-frame rewards"):
+        VideoReward(VideoRewardConfig(rewards=[{"name": "jpeg_compressibility"}]))
+    assert not VideoRewardConfig().enabled

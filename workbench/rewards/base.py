@@ -245,7 +245,9 @@ class _SampleFailure(Exception):
 
 
 class RewardPipeline:
-    """Weighted sum of rewards built from config specs.
+    """Weighted sum of rewards built from config specs: per sample (``__call__``: texts,
+    images, videos as completions) or per frame of a video (:meth:`frame_rewards`, for learned
+    rewards that an env puts back on the steps the frames came from, :mod:`workbench.rewards.video`).
 
     ``specs``: list of mappings ``{name, weight=1.0, alias=None, failure_score=None,
     **options}``. ``alias`` names the components (needed when one reward appears twice);
@@ -276,6 +278,30 @@ class RewardPipeline:
     @property
     def weights(self) -> Dict[str, float]:
         return {e.key: e.weight for e in self.entries}
+
+    def require_frame_rewards(self, where: str) -> None:
+        """Refuse (one line naming ``where``) a pipeline with a reward that gives no per-frame
+        rewards, before it is used on videos by :meth:`frame_rewards`."""
+        for e in self.entries:
+            if not callable(getattr(e.fn, "frame_rewards", None)):
+                raise ConfigError(f"{where}: reward '{e.name}' gives no per-frame rewards (frame_rewards); "
+                                  f"use a video reward such as rapl or rlhf_video")
+
+    def frame_rewards(self, video: Any) -> Dict[str, Any]:
+        """Every reward's per-frame rewards of one video ([n, H, W, 3] uint8): ``{component:
+        float64 array [n]}``, unweighted (:attr:`weights` holds the weights). Raises when a
+        reward fails or gives a wrong shape or a non-finite value; the caller decides what the
+        video's steps get then (a failing episode must not stop a run)."""
+        import numpy as np
+
+        out = {}
+        for e in self.entries:
+            r = np.asarray(e.fn.frame_rewards(video), dtype=np.float64)
+            if r.shape != (len(video),) or not np.all(np.isfinite(r)):
+                raise ValueError(f"reward '{e.key}' frame_rewards gave shape {r.shape} (finite: {bool(np.all(np.isfinite(r)))}) "
+                                 f"for {len(video)} frames")
+            out[e.key] = r
+        return out
 
     def __call__(self, completions: Sequence[Any], **columns: Any) -> RewardResult:
         n = len(completions)

@@ -3,15 +3,17 @@
 RAPL (and its RLHF baseline) score a robot's video as a whole, e.g. by optimal transport
 against a preferred demonstration, and return one reward per frame. In RL that reward is
 computed after each rollout from the frames the env rendered and placed on the steps the
-frames came from. ``VideoReward`` does that for the gym_control adapter:
+frames came from. ``VideoReward`` does that for any env that steps E parallel episodes and
+renders them (today the gym_control adapter), with the rewards of one :class:`RewardPipeline`:
 
 - frames: every ``frame_every``-th step's render (the state *before* that step's action), from
   the training envs themselves (``render_mode="rgb_array"``; size and camera from ``env.kwargs``);
-- rewards: the registered video reward (``rapl``, ``rlhf_video``) gives ``frame_rewards(video)``
-  [n]; each frame's reward is spread evenly over the ``frame_every`` steps it stands for, so an
-  episode's learned return is the reward's score of its video;
-- the step reward is ``weight * learned + env_weight * env reward`` (RAPL trains on the learned
-  reward alone: ``env_weight`` 0).
+- rewards: each video reward of the pipeline (``rapl``, ``rlhf_video``) gives
+  ``frame_rewards(video)`` [n]; each frame's reward is spread evenly over the ``frame_every``
+  steps it stands for, so an episode's learned return is the reward's score of its video;
+- the step reward is ``sum_k weight_k * learned_k + env_weight * env reward`` (RAPL trains on
+  the learned reward alone: ``env_weight`` 0). One reward: ``name`` / ``options`` / ``weight``;
+  several: ``rewards: [{name, weight, **options}, ...]``.
 
 The reward needs whole episodes, so every rollout must end on episode boundaries: rollout length
 a multiple of the episode length and no early termination (fixed-length tasks such as the Franka
@@ -33,28 +35,44 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class VideoRewardConfig:
-    name: Optional[str] = None  # a registered video reward: rapl | rlhf_video; null = off
+    name: Optional[str] = None  # one registered video reward: rapl | rlhf_video; null (and no rewards) = off
     options: Dict[str, Any] = field(default_factory=dict)  # its options, e.g. {checkpoint: runs/rapl/rapl.safetensors}
-    weight: float = 1.0  # weight of the learned per-step reward
+    weight: float = 1.0  # weight of its learned per-step reward
+    rewards: List[Dict[str, Any]] = field(default_factory=list)  # several: [{name, weight, **options}], instead of name
     env_weight: float = 0.0  # weight of the env's own reward (RAPL: 0, the learned reward alone)
     frame_every: int = 1  # render every k-th step; a frame's reward covers its k steps
     crop: int = 0  # centre-crop frames to crop x crop px (as the reward's training frames were); 0 = as rendered
 
     def __post_init__(self) -> None:
+        from workbench.rewards.base import check_reward_specs
+
         if self.frame_every < 1 or self.crop < 0:
             raise ConfigError(f"env.video_reward.frame_every must be >= 1 and crop >= 0, got {self.frame_every}, {self.crop}")
+        if self.name and self.rewards:
+            raise ConfigError("env.video_reward: give one reward as name/options/weight or several as rewards, not both")
+        if self.enabled:
+            check_reward_specs(self.specs(), "env.video_reward.rewards" if self.rewards else "env.video_reward")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.name or self.rewards)
+
+    def specs(self) -> List[Dict[str, Any]]:
+        """The reward specs of the pipeline (``{name, weight, **options}``)."""
+        if self.name:
+            return [{**dict(self.options), "name": self.name, "weight": self.weight}]
+        return [dict(r) for r in self.rewards]
 
 
 class VideoReward:
     """Builds the reward once; ``__call__`` turns one rollout's frames into step rewards."""
 
     def __init__(self, cfg: VideoRewardConfig) -> None:
-        from workbench.rewards.base import build_reward
+        from workbench.rewards.base import RewardPipeline
 
         self.cfg = cfg
-        self.fn = build_reward(cfg.name, **dict(cfg.options))
-        if not hasattr(self.fn, "frame_rewards"):
-            raise ConfigError(f"env.video_reward.name={cfg.name!r} gives no per-frame rewards (frame_rewards); use rapl or rlhf_video")
+        self.pipeline = RewardPipeline(cfg.specs())
+        self.pipeline.require_frame_rewards("env.video_reward")
 
     def wants_frame(self, t: int) -> bool:
         return t % self.cfg.frame_every == 0
@@ -72,7 +90,8 @@ class VideoReward:
             H, W = video.shape[2:4]
             top, left = (H - self.cfg.crop) // 2, (W - self.cfg.crop) // 2
             video = video[:, :, top:top + self.cfg.crop, left:left + self.cfg.crop]
-        learned = np.zeros((T, E))
+        weights = self.pipeline.weights
+        learned = np.zeros((T, E))  # sum_k weight_k * learned_k
         failed = np.zeros((T, E), dtype=bool)
         returns, failures = [], 0
         for e in range(E):
@@ -81,10 +100,7 @@ class VideoReward:
                 first = -(-start // k)  # rendered steps inside the episode: multiples of k
                 idx = np.arange(first, -(-end // k))
                 try:
-                    r = np.asarray(self.fn.frame_rewards(video[e, idx]), dtype=np.float64)
-                    if r.shape != (len(idx),) or not np.all(np.isfinite(r)):
-                        raise ValueError(f"frame_rewards gave shape {r.shape} (finite: {np.all(np.isfinite(r))}) "
-                                         f"for {len(idx)} frames")
+                    per_reward = self.pipeline.frame_rewards(video[e, idx])
                 except Exception as err:  # noqa: BLE001 - one bad episode must not stop the run
                     failures += 1
                     logger.warning("video reward failed on an episode (%s): %s; its steps keep the env reward", type(err).__name__, err)
@@ -93,10 +109,12 @@ class VideoReward:
                     continue
                 steps = np.arange(start, end)
                 frame = np.maximum(steps // k - first, 0)  # steps before the first render share its frame
-                learned[steps, e] = r[frame] / np.bincount(frame)[frame]
-                returns.append(float(r.sum()))
+                share = np.bincount(frame)[frame]  # how many steps each frame's reward is spread over
+                for key, r in per_reward.items():
+                    learned[steps, e] += weights[key] * (r[frame] / share)
+                returns.append(float(sum(r.sum() for r in per_reward.values())))
                 start = end
-        step_rewards = np.where(failed, env_rewards, self.cfg.weight * learned + self.cfg.env_weight * env_rewards)
+        step_rewards = np.where(failed, env_rewards, learned + self.cfg.env_weight * env_rewards)
         metrics = {"reward/video_failures": float(failures)}
         if returns:
             metrics["reward/video_return"] = float(np.mean(returns))
