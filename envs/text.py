@@ -28,7 +28,7 @@ from workbench.fields import reward_specs
 from workbench.policies.base import TokenGenerator
 from workbench.registry import ConfigError, ENVS
 from workbench.rollout.base import SamplingConfig, TokenRollout
-from workbench.rollout.tokens import collect_groups, collect_varied_groups, rollout_metrics, token_batch
+from workbench.rollout.tokens import collect_filtered_groups, collect_groups, rollout_metrics, token_batch
 from workbench.stages.reward_shapers import soft_overlong_punishment
 
 
@@ -70,8 +70,11 @@ class TextEnv(Environment):
         # those (fewer rows); if none survive, it holds the last round's groups (all with
         # zero group advantage). Reward metrics and accuracy cover every sampled completion;
         # sampling/rounds, sampling/kept_groups and sampling/dropped_groups describe the filter.
-        dynamic_sampling: bool = False
+        dynamic_sampling: bool = False  # alias of batch_filter={name: dynamic_sampling, max_rounds: max_sampling_rounds}
         max_sampling_rounds: int = 4
+        # a registered batch filter (workbench/stages/batch_filters.py) run over sampling rounds
+        # by the token collector, e.g. {name: dynamic_sampling, max_rounds: 4}; null: none
+        batch_filter: Optional[Dict[str, Any]] = None
 
         def __post_init__(self) -> None:
             if self.prompts_per_iteration < 1 or self.group_size < 1:
@@ -82,6 +85,18 @@ class TextEnv(Environment):
                 raise ConfigError("env.max_sampling_rounds must be >= 1")
             if self.dynamic_sampling and self.group_size < 2:
                 raise ConfigError("env.dynamic_sampling needs env.group_size >= 2 (a group of one never varies)")
+            self.filter_stage()  # a bad filter name or option fails at start-up
+
+        def filter_stage(self):
+            """The configured batch filter as a callable stage, or None."""
+            from workbench.stages.base import BATCH_FILTERS
+
+            if self.dynamic_sampling:
+                if self.batch_filter is not None:
+                    raise ConfigError("env.dynamic_sampling is the batch filter dynamic_sampling; drop it or env.batch_filter")
+                return BATCH_FILTERS.build({"name": "dynamic_sampling", "max_rounds": self.max_sampling_rounds},
+                                           "env.dynamic_sampling")
+            return None if self.batch_filter is None else BATCH_FILTERS.build(dict(self.batch_filter), "env.batch_filter")
 
     def __init__(self, cfg: "TextEnv.Config", seed: int) -> None:
         from workbench.rewards.base import RewardPipeline
@@ -93,6 +108,7 @@ class TextEnv(Environment):
         self._held_out_questions = {x["question"] for x in self.held_out}
         self.rng = random.Random(seed)
         self.steps_per_collect = cfg.prompts_per_iteration * cfg.group_size
+        self.batch_filter = cfg.filter_stage()
         self._pending: Optional[Dict[str, Any]] = None
         self._metrics: Dict[str, float] = {}
         self._max_new_tokens = 0  # L_max of the overlong punishment: the policy's, read in collect()
@@ -125,8 +141,8 @@ class TextEnv(Environment):
         if self.cfg.overlong_buffer > self._max_new_tokens:
             raise ConfigError(f"env.overlong_buffer={self.cfg.overlong_buffer} exceeds policy.max_new_tokens="
                               f"{self._max_new_tokens}")
-        if self.cfg.dynamic_sampling:
-            return self._collect_dynamic(policy)
+        if self.batch_filter is not None:
+            return self._collect_filtered(policy)
         items = [self._train_item() for _ in range(self.cfg.prompts_per_iteration)]
         G = self.cfg.group_size
         out = collect_groups(policy, [self.prompt(x) for x in items], G)
@@ -136,8 +152,8 @@ class TextEnv(Environment):
         self._metrics = rollout_metrics(out)
         return token_batch(out, G, self._max_new_tokens, self.cfg.mask_truncated_completions)
 
-    def _collect_dynamic(self, policy) -> Batch:
-        """DAPO dynamic sampling: rounds of rollouts, scored at once, zero-variance groups dropped."""
+    def _collect_filtered(self, policy) -> Batch:
+        """Rounds of rollouts, scored at once, under the batch filter (DAPO: zero-variance groups dropped)."""
         K, G = self.cfg.prompts_per_iteration, self.cfg.group_size
         drawn: List[List[Dict[str, Any]]] = []
 
@@ -150,7 +166,7 @@ class TextEnv(Environment):
             overlong = self._overlong(out.completion_mask.sum(1).long())
             return torch.tensor(result.scores, dtype=torch.float64) + torch.tensor(overlong, dtype=torch.float64), (result, overlong)
 
-        got = collect_varied_groups(policy, draw, G, K, self.cfg.max_sampling_rounds, score)
+        got = collect_filtered_groups(policy, draw, G, K, self.batch_filter, score)
         self._pending = {"scores": got.scores}
         results = [r for r, _ in got.every_round]
         self._metrics = self._reward_metrics(_concat_results(results), [v for _, o in got.every_round for v in o])

@@ -91,9 +91,8 @@ def test_dynamic_sampling_keeps_the_first_groups_whose_rewards_differ():
     keep = stage(BATCH_FILTERS, {"name": "dynamic_sampling"})
     scores = t([1.0, 1.0, 0.0, 1.0, 0.5, 0.5 + 1e-7, 2.0, 0.0])[0]  # groups 1 and 3 vary; 2 is within 1e-6
     group = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    assert keep(scores, group, 5).tolist() == [1, 3]
-    assert keep(scores, group, 1).tolist() == [1]
-    assert keep(scores, torch.tensor([7, 7, 3, 3, 9, 9, 5, 5]), 5).tolist() == [3, 5]  # ids, ascending
+    assert keep(scores, group).tolist() == [1, 3]
+    assert keep(scores, torch.tensor([7, 7, 3, 3, 9, 9, 5, 5])).tolist() == [3, 5]  # ids, ascending
     assert keep.cfg.max_rounds == 4
 
 

@@ -1,5 +1,6 @@
 """Countdown reward, DAPO overlong punishment and dynamic sampling, EAD temperature schedules."""
 import math
+from dataclasses import dataclass
 from typing import List
 
 import pytest
@@ -18,6 +19,8 @@ from workbench.rollout.base import (
     position_temperatures,
     scheduled_temperature,
 )
+from workbench.stages.base import BATCH_FILTERS
+from workbench.stages.batch_filters import RoundsConfig
 
 TINY = dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
             num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True)
@@ -501,3 +504,33 @@ def test_ead_pairing_needs_a_truncated_is_cap():
                                                                   "train_at_temperature_one": True})
     with pytest.raises(ConfigError, match="train_at_temperature_one must be true or false"):
         normalize_schedule({"start": 1.2, "end": 0.5, "decay": 10, "train_at_temperature_one": "yes"})
+
+
+# ------------------------------------------------------------------------------ a new batch filter, by config alone
+
+@dataclass
+class _AllCorrectConfig(RoundsConfig):
+    min_mean: float = 1.0  # keep groups whose mean reward reaches this
+
+
+@BATCH_FILTERS.register("_test_solved_groups", config=_AllCorrectConfig)
+def _solved_groups(scores, group, cfg):
+    """Keep only the groups whose mean reward is at least min_mean (the opposite of DAPO's filter)."""
+    ids = group.unique()
+    return ids[torch.stack([scores[group == g].mean() for g in ids]) >= cfg.min_mean]
+
+
+def test_a_registered_batch_filter_is_chosen_in_env_config_and_run_over_rounds():
+    r1 = make_rollout([[11]] * 4, [[21]] * 4, ["1", "1", "1", "0"])  # group 0 solved, group 1 not
+    r2 = make_rollout([[31]] * 4, [[41]] * 4, ["0", "0", "1", "1"])  # group 1 solved
+    policy = ScriptedPolicy([r1, r2])
+    env = scripted_env(batch_filter={"name": "_test_solved_groups", "max_rounds": 2})
+    batch = env.collect(policy)
+    assert len(policy.calls) == 2 and batch.num_rows == 4
+    assert batch.policy_inputs["input_ids"][:, 0].tolist() == [11, 11, 31, 31]  # r1's group 0, r2's group 1
+    m = env.pop_metrics()
+    assert (m["sampling/rounds"], m["sampling/kept_groups"], m["sampling/dropped_groups"]) == (2.0, 2.0, 2.0)
+    with pytest.raises(ConfigError, match=r"env.batch_filter: batch filter '_test_solved_groups' has no option 'min'"):
+        scripted_env(batch_filter={"name": "_test_solved_groups", "min": 0.5})
+    with pytest.raises(ConfigError, match="drop it or env.batch_filter"):
+        scripted_env(dynamic_sampling=True, batch_filter={"name": "dynamic_sampling"})

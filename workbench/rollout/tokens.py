@@ -6,9 +6,9 @@ each generated token is a step, and a completion's reward lands on its last vali
 and lays the tokens out for the trainer. It is the seam where a worker boundary (Ray rollout
 actors, asynchronous generation, multi-turn agent loops) attaches.
 
-:func:`collect_varied_groups` is DAPO's dynamic sampling (Yu et al. 2025, sec. 3.2; verl
-``filter_groups``): rounds of groups, each scored at once, keeping only the groups whose
-rewards differ, until enough are kept or the round budget is spent.
+:func:`collect_filtered_groups` runs a batch filter over sampling rounds (DAPO's dynamic
+sampling, Yu et al. 2025, sec. 3.2; verl ``filter_groups``: keep only the groups whose rewards
+differ): rounds of groups, each scored at once, until enough are kept or the round budget is spent.
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ import torch
 
 from workbench.batch import Batch
 from workbench.rollout.base import TokenRollout, concat_rollouts
-from workbench.stages.batch_filters import varying_groups
 
 def token_batch(out: TokenRollout, group_size: int, max_steps: int, mask_truncated: bool = False) -> Batch:
     """The Batch of consecutive groups of ``group_size`` rows of a rollout (rewards still 0).
@@ -66,9 +65,9 @@ def collect_groups(policy, prompts: Sequence[str], group_size: int) -> TokenRoll
 
 
 @dataclass
-class VariedGroups:
-    """What dynamic sampling kept: the rollout of the kept groups and their scores, with
-    the bookkeeping the run logs (sampling/rounds, kept_groups, dropped_groups)."""
+class FilteredGroups:
+    """What a batch filter kept over the sampling rounds: the rollout of the kept groups and
+    their scores, with the bookkeeping the run logs (sampling/rounds, kept_groups, dropped_groups)."""
 
     rollout: TokenRollout
     scores: torch.Tensor  # [rows] float64 per-row total reward of the kept rows
@@ -78,36 +77,37 @@ class VariedGroups:
     every_round: List[object] = field(default_factory=list)  # what score() returned per round, for metrics
 
 
-def collect_varied_groups(policy, draw_prompts: Callable[[], List[str]], group_size: int, wanted_groups: int,
-                          max_rounds: int, score: Callable[[TokenRollout], tuple]) -> VariedGroups:
-    """DAPO dynamic sampling. Each round draws ``wanted_groups`` prompts, generates their groups
-    and scores them (``score(rollout) -> (per-row scores [rows] float64, anything to keep for
-    metrics)``); groups whose scores span more than 1e-6 are kept, up to ``wanted_groups``.
-    If fewer survive the batch holds just those; if none, the last round's groups (all with zero
-    group advantage)."""
+def collect_filtered_groups(policy, draw_prompts: Callable[[], List[str]], group_size: int, wanted_groups: int,
+                            batch_filter, score: Callable[[TokenRollout], tuple]) -> FilteredGroups:
+    """Sampling rounds under a batch filter (a ``BATCH_FILTERS`` stage, e.g. DAPO's dynamic
+    sampling). Each round draws ``wanted_groups`` prompts, generates their groups and scores them
+    (``score(rollout) -> (per-row scores [rows] float64, anything to keep for metrics)``); the
+    filter picks the groups to keep, until ``wanted_groups`` are kept or ``max_rounds`` rounds
+    were sampled. If fewer are kept the batch holds just those; if none, the last round's groups
+    (for dynamic sampling: all with zero group advantage)."""
     G = group_size
     kept: List[TokenRollout] = []
     kept_scores: List[torch.Tensor] = []
     seen: List[object] = []
     num_kept = num_dropped = rounds = 0
     last = None
-    while num_kept < wanted_groups and rounds < max_rounds:
+    while num_kept < wanted_groups and rounds < batch_filter.cfg.max_rounds:
         rounds += 1
         out = collect_groups(policy, draw_prompts(), G)
         scores, info = score(out)
         seen.append(info)
         groups = scores.numel() // G
-        varying = varying_groups(scores, torch.arange(groups).repeat_interleave(G))  # DAPO's filter stage
-        num_dropped += groups - varying.numel()
-        take = varying.tolist()[: wanted_groups - num_kept]
+        passed = batch_filter(scores, torch.arange(groups).repeat_interleave(G)).tolist()
+        num_dropped += groups - len(passed)
+        take = passed[: wanted_groups - num_kept]  # surplus groups are discarded
         if take:
             rows = [g * G + j for g in take for j in range(G)]
             kept.append(out.select(rows))
             kept_scores.append(scores[rows])
             num_kept += len(take)
         last = (out, scores)
-    if not kept:  # nothing varied: train on the last round (zero group advantages)
+    if not kept:  # nothing kept: train on the last round
         kept, kept_scores = [last[0]], [last[1]]
     pad_id = getattr(policy.tokenizer, "pad_token_id", None)
-    return VariedGroups(concat_rollouts(kept, 0 if pad_id is None else int(pad_id)), torch.cat(kept_scores),
-                        rounds, num_kept, num_dropped, seen)
+    return FilteredGroups(concat_rollouts(kept, 0 if pad_id is None else int(pad_id)), torch.cat(kept_scores),
+                          rounds, num_kept, num_dropped, seen)

@@ -3,7 +3,7 @@ by where the loop calls them, each registered under a name and chosen in config.
 
 | registry (stages today)                    | runs                    | signature                                            |
 | ------------------------------------------ | ----------------------- | ---------------------------------------------------- |
-| BATCH_FILTERS (dynamic_sampling)           | in a collector's rounds | (scores [N], group [N], wanted, cfg) -> kept groups  |
+| BATCH_FILTERS (dynamic_sampling)           | in a collector's rounds | (scores [N], group [N], cfg) -> passing groups       |
 | REWARD_SHAPERS (overlong)                  | after the env's rewards | (batch, cfg) -> [N] reward term added to each row    |
 | ADVANTAGE_MODIFIERS (clip)                 | after the estimator     | (advantages [N, T], batch, cfg) -> advantages        |
 | STEP_SELECTORS (window, timestep_fraction) | in a policy's sampling  | (mask [n, T], iteration, generator, cfg) -> mask     |
@@ -13,7 +13,7 @@ by where the loop calls them, each registered under a name and chosen in config.
 a run uses, in order: ``algo.loss_modifiers=[{name: tis, cap: 2.0}]``. Flat TRL/verl names stay
 as aliases (:mod:`workbench.stages.algo`). Step selectors run inside a denoising policy's sampling
 (``policy.train_window``, ``policy.timestep_fraction``); the dynamic-sampling filter inside the
-token collector's rounds (``env.dynamic_sampling``). ``workbench list`` shows every stage.
+token collector's rounds (``env.batch_filter``, alias ``env.dynamic_sampling``). ``workbench list`` shows every stage.
 
 Adding a stage = one function + its config dataclass + one test, nothing else. A loss modifier
 that drops the loss of tokens whose advantage is small, say::

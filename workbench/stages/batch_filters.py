@@ -2,9 +2,11 @@
 more samples runs inside a collector (its rounds of sampling): DAPO dynamic sampling is driven
 by the token collector (``workbench.rollout.tokens.collect_varied_groups``, ``env.dynamic_sampling``).
 
-Signature: ``fn(scores [N], group [N], wanted: int, cfg) -> [K] long``: the ids of the groups
-to keep (K <= wanted, ascending), from each row's total reward and group id. The caller
-gathers kept groups over sampling rounds until ``wanted`` are kept.
+Signature: ``fn(scores [N], group [N], cfg) -> [K] long``: the ids of the groups that pass
+(ascending), from each row's total reward and group id. The caller keeps the first ones it
+still needs and gathers kept groups over sampling rounds until it has enough or ``cfg.max_rounds`` rounds
+were sampled: a filter's config dataclass subclasses :class:`RoundsConfig`. Chosen with
+``env.batch_filter={name: ..., <options>}`` in an env whose collector samples in rounds (text).
 """
 from __future__ import annotations
 
@@ -30,7 +32,9 @@ def varying_groups(scores: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class DynamicSamplingConfig:
+class RoundsConfig:
+    """The options every batch filter has (its config dataclass subclasses this one)."""
+
     max_rounds: int = 4  # sampling rounds before the batch is trained with the groups kept so far
 
     def __post_init__(self) -> None:
@@ -38,11 +42,16 @@ class DynamicSamplingConfig:
             raise ConfigError(f"max_rounds must be >= 1, got {self.max_rounds}")
 
 
+@dataclass
+class DynamicSamplingConfig(RoundsConfig):
+    pass
+
+
 @BATCH_FILTERS.register("dynamic_sampling", config=DynamicSamplingConfig)
-def dynamic_sampling(scores: torch.Tensor, group: torch.Tensor, wanted: int, cfg: DynamicSamplingConfig) -> torch.Tensor:
+def dynamic_sampling(scores: torch.Tensor, group: torch.Tensor, cfg: DynamicSamplingConfig) -> torch.Tensor:
     """DAPO dynamic sampling (Yu et al. 2025, "DAPO: An Open-Source LLM Reinforcement Learning
     System at Scale", sec. 3.2; verl ``filter_groups``): a group whose rewards are all equal
     has zero group-relative advantage and gives no gradient, so only groups whose rewards
-    differ are kept, at most ``wanted`` of them (the first ones, by group id). The caller
-    samples up to ``max_rounds`` rounds of new groups to fill the batch."""
-    return varying_groups(scores, group)[:wanted]
+    differ pass. The caller samples up to ``max_rounds`` rounds of new groups to fill the batch
+    (surplus groups beyond the batch are discarded, the first ones by group id kept)."""
+    return varying_groups(scores, group)
