@@ -76,3 +76,13 @@ def test_every_env_evaluates_with_one_signature():
         params = list(inspect.signature(ENVS.get(name).evaluate).parameters.values())[1:5]
         assert [(p.name, p.default) for p in params[2:]] == [("video_path", None), ("seed", None)], name
         assert [p.name for p in params[:2]] == ["policy", "episodes"], name
+
+
+def test_a_long_progress_line_stays_one_line_in_a_log_file(tmp_path, capsys):
+    success = Headline("success", "eval/success", "episode/success", fmt=".0%")
+    logger = RunLogger(tmp_path, 10**6, progress=False, tensorboard=False, display=EnvDisplay("x", headline=(RETURN, success)))
+    logger.log(20480, {"episode/return": 1.9, "episode/success": 0.12, "perf/steps_per_s": 1000.0, "eval/return_mean": 23.1,
+                       "eval/return_std": 15.2, "eval/success": 0.4, "eval/episodes": 10.0})
+    logger.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and len(lines[0]) > 80 and lines[0].endswith("success 40%"), lines

@@ -96,7 +96,7 @@ class RunLogger:
                  display: Optional[EnvDisplay] = None) -> None:
         self.run_dir = Path(run_dir)
         self.display = display or EnvDisplay(name=self.run_dir.name)
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, soft_wrap=True)  # a log line stays one line in a file or a narrow terminal
         self.metrics_file = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
         self.writer = None
         if tensorboard:
