@@ -128,3 +128,21 @@ def test_every_shipped_env_config_collects(name):
     batch = env.assign_rewards(env.collect(policy))
     assert batch.rewards.shape == (2, 8) and torch.isfinite(batch.rewards).all()
     env.close()
+
+
+def test_evaluation_episodes_score_each_episode_from_its_infos():
+    import gymnasium as gym
+
+    from workbench.rollout.control import run_episodes
+
+    env, policy = make(num_envs=1, steps=8)
+    single = gym.make("InvertedPendulum-v5", max_episode_steps=5)
+    m, frames = run_episodes(policy, single, 3, base_seed=7, low=env.low, high=env.high,
+                             score_episode=lambda infos: {"infos": len(infos)})
+    # the reset info and one info per step; every episode here lasts at most 5 steps
+    assert m["eval/infos"] == pytest.approx(m["eval/length_mean"] + 1) and m["eval/length_mean"] <= 5
+    assert m["eval/episodes"] == 3 and frames == []
+    again, _ = run_episodes(policy, single, 3, base_seed=7, low=env.low, high=env.high)
+    assert again["eval/return_mean"] == m["eval/return_mean"] and "eval/infos" not in again  # seeded, deterministic
+    single.close()
+    env.close()

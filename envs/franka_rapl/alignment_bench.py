@@ -25,7 +25,6 @@ import time
 from typing import Any, Dict, List
 
 import numpy as np
-import torch
 
 from envs.franka_rapl import oracle as oracles
 from envs.franka_rapl import pool as pools
@@ -51,30 +50,22 @@ def _overrides(args, method: str, run_dir: str) -> List[str]:
     return overrides
 
 
-@torch.no_grad()
 def oracle_eval(policy, episodes: int, seed: int) -> Dict[str, float]:
     """Deterministic episodes of the trained policy on fresh Push layouts, scored by the oracle."""
     import gymnasium as gym
 
+    from workbench.rollout.control import run_episodes
+
+    def oracle(infos) -> Dict[str, float]:
+        return {"oracle_score": oracles.oracle_score(infos), "zone_fraction": float(np.mean([i["in_forbidden_zone"] for i in infos]))}
+
     env = gym.make("workbench/FrankaPush-v0", forbidden_zone=True)
-    low, high = env.action_space.low, env.action_space.high
-    scores, success, zone = [], [], []
     try:
-        for ep in range(episodes):
-            obs, info = env.reset(seed=seed + ep)
-            infos, done = [info], False
-            while not done:
-                out = policy.act(obs[None], deterministic=True, update_stats=False)
-                obs, _, term, trunc, info = env.step(np.clip(out.actions[0].cpu().numpy(), low, high))
-                infos.append(info)
-                done = term or trunc
-            scores.append(oracles.oracle_score(infos))
-            success.append(float(info["is_success"]))
-            zone.append(float(np.mean([i["in_forbidden_zone"] for i in infos])))
+        m, _ = run_episodes(policy, env, episodes, seed, env.action_space.low, env.action_space.high, score_episode=oracle)
     finally:
         env.close()
-    return {"oracle_score": float(np.mean(scores)), "oracle_score_std": float(np.std(scores)),
-            "success": float(np.mean(success)), "zone_fraction": float(np.mean(zone))}
+    return {"oracle_score": m["eval/oracle_score"], "oracle_score_std": m["eval/oracle_score_std"],
+            "success": m["eval/success"], "zone_fraction": m["eval/zone_fraction"]}
 
 
 @BENCHMARKS.register("rapl-align")

@@ -134,26 +134,39 @@ class VectorEnvCollector:
 
 @torch.no_grad()
 def run_episodes(policy, env, episodes: int, base_seed: int, low: np.ndarray, high: np.ndarray,
-                 record_first: bool = False) -> Tuple[Dict[str, float], List[np.ndarray]]:
+                 record_first: bool = False,
+                 score_episode: Optional[Callable[[List[Dict[str, Any]]], Dict[str, float]]] = None,
+                 ) -> Tuple[Dict[str, float], List[np.ndarray]]:
     """Deterministic (mean-action) episodes of a single gymnasium env, seeds ``base_seed + k``,
     with frozen observation statistics. Returns (eval/* metrics, the first episode's frames when
-    ``record_first``)."""
+    ``record_first``). ``score_episode(infos)`` (the reset info and every step's info) adds its
+    own per-episode figures as ``eval/<name>`` (mean) and ``eval/<name>_std``, e.g. a simulated
+    human's score of the episode."""
     returns, lengths, frames, successes = [], [], [], []
+    extra: Dict[str, List[float]] = {}
     for ep in range(episodes):
-        obs, _ = env.reset(seed=base_seed + ep)
+        obs, info = env.reset(seed=base_seed + ep)
+        infos = [info]
         total, n, done = 0.0, 0, False
         while not done:
             if record_first and ep == 0:
                 frames.append(env.render())
             out = policy.act(stack_observations([obs]), deterministic=True, update_stats=False)
             obs, r, term, trunc, info = env.step(np.clip(out.actions[0].cpu().numpy(), low, high))
+            if score_episode is not None:
+                infos.append(info)
             total, n, done = total + float(r), n + 1, term or trunc
         returns.append(total)
         lengths.append(n)
         if "is_success" in info:
             successes.append(float(info["is_success"]))
+        if score_episode is not None:
+            for key, value in score_episode(infos).items():
+                extra.setdefault(key, []).append(float(value))
     metrics = {"eval/return_mean": float(np.mean(returns)), "eval/return_std": float(np.std(returns)),
                "eval/length_mean": float(np.mean(lengths)), "eval/episodes": float(episodes)}
     if successes:
         metrics["eval/success"] = float(np.mean(successes))
+    for key, values in extra.items():
+        metrics[f"eval/{key}"], metrics[f"eval/{key}_std"] = float(np.mean(values)), float(np.std(values))
     return metrics, frames
