@@ -35,6 +35,7 @@ from workbench.stages.reward_shapers import soft_overlong_punishment
 @ENVS.register("text")
 class TextEnv(Environment):
     policy_contract = TokenGenerator
+    has_demonstrations = True
     @dataclass
     class Config:
         name: str = "text"

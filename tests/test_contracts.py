@@ -77,3 +77,9 @@ def test_terminal_rewards_sit_on_each_rows_last_trained_step():
     out = terminal_rewards(b, torch.tensor([2.5, -1.0]))
     assert out.rewards.tolist() == [[0.0, 2.5, 0.0], [0.0, 0.0, -1.0]]
     assert (out.rewards * out.mask).sum(1).tolist() == [2.5, -1.0]
+
+
+def test_sft_on_an_env_without_demonstrations_is_refused_at_start_up():
+    with pytest.raises(ConfigError, match="sft.steps > 0 needs an env with demonstrations.*env gym_control with policy gaussian_mlp"):
+        validate(compose(["experiment=franka_reach_ppo", "sft.steps=5"]))
+    validate(compose(["experiment=arithmetic_grpo_tiny", "sft.steps=5"]))  # text + causal_lm: fine

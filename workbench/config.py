@@ -278,12 +278,16 @@ CRITIC_ESTIMATORS = ("gae",)
 def _check_acting_contract(run: RunConfig) -> None:
     """A policy that cannot act in the env, or an estimator that needs a critic the policy
     lacks, is refused here, before any model loads (one line naming both)."""
-    from workbench.policies.base import check_compatible
+    from workbench.policies.base import TokenGenerator, check_compatible
 
     env_cls, policy_cls = ENVS.get(run.env.name), POLICIES.get(run.policy.name)
     wanted = getattr(env_cls, "policy_contract", None)
     check_compatible(env_cls, policy_cls, run.env.name, run.policy.name,
                      suggestions=_policy_configs(wanted) if wanted is not None else ())
+    if run.sft.steps > 0 and not (getattr(env_cls, "has_demonstrations", False) and issubclass(policy_cls, TokenGenerator)):
+        from workbench.sft import SFT_NEEDS
+
+        raise ConfigError(f"{SFT_NEEDS}; env {run.env.name} with policy {run.policy.name} has none")
     if run.algo.advantage in CRITIC_ESTIMATORS and not getattr(policy_cls, "has_critic", False):
         raise ConfigError(f"algo.advantage={run.algo.advantage} needs a critic, but policy {run.policy.name} has none; "
                           f"use a critic-free estimator (algo=grpo, or algo.advantage=rloo | reinforce_pp)")

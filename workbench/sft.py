@@ -11,12 +11,15 @@ from typing import Callable, Dict
 
 import torch
 
+from workbench.policies.base import TokenGenerator
 from workbench.registry import ConfigError, LR_SCHEDULES
+
+SFT_NEEDS = "sft.steps > 0 needs an env with demonstrations and a token policy that encodes them (e.g. text + causal_lm)"
 
 
 def supervised_finetune(policy, env, cfg, device: torch.device, log: Callable[[int, Dict[str, float]], None]) -> None:
-    if not hasattr(env, "demonstrations") or not hasattr(policy, "encode_demonstrations"):
-        raise ConfigError("sft.steps > 0 needs an env with demonstrations and a policy that encodes them (e.g. text + causal_lm)")
+    if not type(env).has_demonstrations or not isinstance(policy, TokenGenerator):
+        raise ConfigError(SFT_NEEDS)
     optimizer = torch.optim.AdamW(policy.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     schedule = LR_SCHEDULES.get(cfg.lr_schedule)
