@@ -10,6 +10,7 @@ dependencies (math-verify, the embedding and image models, the sandbox) are impo
 reward is built or first called. See :mod:`workbench.rewards.base`.
 """
 from workbench.rewards import aesthetic, code, countdown, format, image, math, rapl, semantic, vlm_judge  # noqa: F401  (register)
+from workbench.rewards import gui  # noqa: F401  (register: gui_click, gui_action_type, gui_g1, btl_ui, gui_region_consistency)
 from workbench.rewards.base import RewardPipeline, RewardResult, build_reward, completion_text
 
 __all__ = ["RewardPipeline", "RewardResult", "build_reward", "completion_text"]
