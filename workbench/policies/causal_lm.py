@@ -15,10 +15,10 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from workbench.environment import EnvSpec
 from workbench.batch import PolicyOutput
-from workbench.policies.base import TokenGenerator
+from workbench.environment import EnvSpec
 from workbench.fields import check_choices, choice
+from workbench.policies.base import TokenGenerator
 from workbench.registry import ConfigError, POLICIES
 from workbench.rollout.base import SamplingConfig, TokenRollout, normalize_schedule, trains_at_temperature_one, training_logits
 
