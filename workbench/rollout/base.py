@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -143,6 +143,9 @@ class TokenRollout:
     truncated: torch.Tensor  # [N] bool, stopped by max_new_tokens without EOS
     logp: Optional[torch.Tensor] = None  # [N, T] recomputed by the trainer's model (logp_old)
     ref_logp: Optional[torch.Tensor] = None  # [N, T] under the reference model, if any
+    # per-row model inputs beside the tokens, each [N, ...] (a VLM's images as padded patch
+    # tensors with their counts); they become the Batch's row_inputs
+    row_inputs: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def completion_ids(self) -> torch.Tensor:
@@ -161,6 +164,7 @@ class TokenRollout:
             completion_mask=pick(self.completion_mask), rollout_logp=pick(self.rollout_logp),
             completions=[self.completions[i] for i in idx.tolist()], truncated=pick(self.truncated),
             logp=pick(self.logp), ref_logp=pick(self.ref_logp),
+            row_inputs={k: v.index_select(0, idx.to(v.device)) for k, v in self.row_inputs.items()},
         )
 
 
@@ -207,7 +211,26 @@ def concat_rollouts(parts: Sequence[TokenRollout], pad_token_id: int) -> TokenRo
         truncated=torch.cat([p.truncated for p in parts]),
         logp=cat("logp"),
         ref_logp=cat("ref_logp"),
+        row_inputs=_cat_row_inputs(parts),
     )
+
+
+def _cat_row_inputs(parts: Sequence[TokenRollout]) -> Dict[str, torch.Tensor]:
+    """The parts' per-row inputs stacked along rows, every other dimension zero-padded to the
+    largest (a VLM's padded patch tensors: their counts say what is real)."""
+    keys = set(parts[0].row_inputs)
+    if any(set(p.row_inputs) != keys for p in parts):
+        raise ValueError("concat_rollouts: the rollouts carry different row_inputs")
+    out = {}
+    for k in sorted(keys):
+        tensors = [p.row_inputs[k] for p in parts]
+        shape = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
+        padded = []
+        for t in tensors:
+            pad = [x for d in reversed(range(1, t.dim())) for x in (0, shape[d - 1] - t.shape[d])]
+            padded.append(torch.nn.functional.pad(t, pad) if any(pad) else t)
+        out[k] = torch.cat(padded)
+    return out
 
 
 def scale_logits(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:

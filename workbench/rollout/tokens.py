@@ -47,6 +47,7 @@ def token_batch(out: TokenRollout, group_size: int, max_steps: int, mask_truncat
             "attention_mask": out.attention_mask,
             "prompt_length": torch.full((N,), out.prompt_length, device=mask.device),
         },
+        row_inputs=dict(out.row_inputs),  # e.g. a VLM's images, gathered by row in minibatches
     )
 
 
