@@ -39,6 +39,16 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, with_entropy: bo
     return logp, entropy
 
 
+def load_pretrained(auto_class, model: str, dtype: torch.dtype):
+    """``auto_class.from_pretrained(model)`` with one-line errors naming ``policy.model``."""
+    if Path(model).expanduser().exists() is False and "/" not in model:
+        raise ConfigError(f"policy.model '{model}' is neither a local path nor a hub id")
+    try:
+        return auto_class.from_pretrained(model, dtype=dtype)
+    except OSError as e:
+        raise ConfigError(f"cannot load model '{model}': {str(e).splitlines()[0]}") from None
+
+
 @POLICIES.register("causal_lm")
 class CausalLMPolicy(TokenGenerator):
     sample_unit = "row"
@@ -163,12 +173,7 @@ class CausalLMPolicy(TokenGenerator):
             options.setdefault("vocab_size", vocab_size)
             model_config = AutoConfig.for_model(model_type, **options)
             return AutoModelForCausalLM.from_config(model_config, dtype=dtype)
-        if Path(cfg.model).expanduser().exists() is False and "/" not in cfg.model:
-            raise ConfigError(f"policy.model '{cfg.model}' is neither a local path nor a hub id")
-        try:
-            return AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype)
-        except OSError as e:
-            raise ConfigError(f"cannot load model '{cfg.model}': {str(e).splitlines()[0]}") from None
+        return load_pretrained(AutoModelForCausalLM, cfg.model, dtype)
 
     def _eos_ids(self) -> List[int]:
         ids = {self.tokenizer.eos_token_id}

@@ -19,15 +19,15 @@ LoRA handling); what differs is the input side:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
 from workbench.environment import EnvSpec
-from workbench.policies.causal_lm import CORE_INPUTS, CausalLMPolicy, token_logprobs
+from workbench.policies.causal_lm import CORE_INPUTS, CausalLMPolicy, load_pretrained, token_logprobs
 from workbench.registry import ConfigError, POLICIES
-from workbench.rollout.base import SamplingConfig, TokenRollout, completion_mask_from_eos, scale_logits, training_logits
+from workbench.rollout.base import SamplingConfig, TokenRollout, training_logits
+from workbench.rollout.hf import generate_encoded
 
 Messages = List[Dict[str, Any]]
 Prompt = Union[str, Messages]
@@ -192,12 +192,7 @@ class VLMPolicy(CausalLMPolicy):
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"policy.model_config: {str(e).splitlines()[0]}") from None
             return AutoModelForImageTextToText.from_config(model_config, dtype=dtype)
-        if Path(cfg.model).expanduser().exists() is False and "/" not in cfg.model:
-            raise ConfigError(f"policy.model '{cfg.model}' is neither a local path nor a hub id")
-        try:
-            return AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=dtype)
-        except OSError as e:
-            raise ConfigError(f"cannot load model '{cfg.model}': {str(e).splitlines()[0]}") from None
+        return load_pretrained(AutoModelForImageTextToText, cfg.model, dtype)
 
     def _eos_ids(self) -> List[int]:
         """The tokenizer's and generation config's EOS, plus ``<|im_end|>`` (the end of a chat turn)."""
@@ -281,41 +276,13 @@ class VLMPolicy(CausalLMPolicy):
         return out
 
     def _generate(self, rows: Dict[str, torch.Tensor], sampling: SamplingConfig) -> TokenRollout:
-        """transformers ``generate`` on encoded rows; log-probs from the raw logits (as ``rollout.hf``)."""
-        prompt_ids, prompt_mask = rows["input_ids"], rows["attention_mask"]
-        P = prompt_ids.shape[1]
-        greedy = sampling.greedy
-        gen = self.model.generate(
-            **self._model_inputs(rows),
-            do_sample=not greedy,
-            temperature=None if greedy else sampling.temperature,
-            top_p=None if greedy else sampling.top_p,
-            top_k=None if greedy else sampling.top_k,
-            max_new_tokens=sampling.max_new_tokens,
-            eos_token_id=self.eos_ids,
-            pad_token_id=self.tokenizer.pad_token_id,
-            suppress_tokens=self.vision_token_ids,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-        completion_ids = gen.sequences[:, P:]
-        mask = completion_mask_from_eos(completion_ids, self.eos_ids)
-        logits = scale_logits(self._without_vision_tokens(torch.stack(gen.logits, dim=1).float()), sampling)
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) * mask
-        completion_ids = torch.where(mask > 0, completion_ids, torch.full_like(completion_ids, self.tokenizer.pad_token_id))
-        lengths = mask.sum(1).long()
-        last = completion_ids.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
-        ended = (lengths < mask.shape[1]) | torch.isin(last, torch.tensor(self.eos_ids, device=last.device))
-        return TokenRollout(
-            input_ids=torch.cat([prompt_ids, completion_ids], dim=1),
-            attention_mask=torch.cat([prompt_mask, mask.long()], dim=1),
-            prompt_length=P,
-            completion_mask=mask,
-            rollout_logp=logp,
-            completions=self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
-            truncated=~ended,
-            row_inputs={k: v for k, v in rows.items() if k in VISION_KEYS},
-        )
+        """The hf backend's ``generate`` on encoded rows with their images; the vision placeholders
+        are never sampled and are masked out of the log-probs alike."""
+        out = generate_encoded(self.model, self.tokenizer, rows["input_ids"], rows["attention_mask"], sampling, self.eos_ids,
+                               model_inputs=self._model_inputs(rows), suppress_tokens=self.vision_token_ids,
+                               mask_logits=self._without_vision_tokens)
+        out.row_inputs = {k: v for k, v in rows.items() if k in VISION_KEYS}
+        return out
 
     def policy_inputs(self, out: TokenRollout) -> Dict[str, torch.Tensor]:
         """The rollout's rows as ``log_probs`` inputs (tokens, prompt length, vision inputs)."""

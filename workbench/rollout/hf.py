@@ -8,7 +8,7 @@ T(t) before top-k/top-p, and the log-probs divide the raw logits by the same T(t
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -47,22 +47,37 @@ class PositionTemperature(LogitsProcessor):
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: List[str], n: int, sampling: SamplingConfig, eos_ids: List[int]) -> TokenRollout:
+    """``n`` sampled completions of each text prompt (rows grouped by prompt)."""
     device = next(model.parameters()).device
     enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     prompt_ids = enc["input_ids"].to(device).repeat_interleave(n, dim=0)
     prompt_mask = enc["attention_mask"].to(device).repeat_interleave(n, dim=0)
+    return generate_encoded(model, tokenizer, prompt_ids, prompt_mask, sampling, eos_ids)
+
+
+def generate_encoded(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampling: SamplingConfig,
+                     eos_ids: List[int], model_inputs: Optional[Dict[str, torch.Tensor]] = None,
+                     suppress_tokens: Optional[List[int]] = None,
+                     mask_logits: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> TokenRollout:
+    """Sample completions of left-padded prompt rows and return them with their log-probs.
+
+    ``model_inputs``: what ``generate`` takes instead of the bare tokens (a VLM's pixels and
+    modality ids beside ``input_ids`` / ``attention_mask``); ``suppress_tokens``: ids never
+    sampled; ``mask_logits``: the same restriction applied to the raw logits before the
+    log-probs, so that they are those of the distribution actually sampled from."""
     P = prompt_ids.shape[1]
     schedule = sampling.temperature_schedule
     greedy = sampling.greedy
-    extra = {}
+    extra: Dict[str, Any] = {}
     if schedule is not None:
         extra["logits_processor"] = LogitsProcessorList([PositionTemperature(schedule, P)])
         temperature = 1.0  # the processor does the scaling
     else:
         temperature = None if greedy else sampling.temperature
+    if suppress_tokens:
+        extra["suppress_tokens"] = list(suppress_tokens)
     out = model.generate(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
+        **(model_inputs if model_inputs is not None else {"input_ids": prompt_ids, "attention_mask": prompt_mask}),
         do_sample=not greedy,
         temperature=temperature,
         top_p=None if greedy else sampling.top_p,
@@ -77,6 +92,8 @@ def generate(model, tokenizer, prompts: List[str], n: int, sampling: SamplingCon
     completion_ids = out.sequences[:, P:]
     mask = completion_mask_from_eos(completion_ids, eos_ids)
     logits = torch.stack(out.logits, dim=1).float()  # [N, T, V]
+    if mask_logits is not None:
+        logits = mask_logits(logits)
     logits = scale_logits(logits, sampling)
     logp = torch.log_softmax(logits, dim=-1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) * mask
     completion_ids = torch.where(mask > 0, completion_ids, torch.full_like(completion_ids, tokenizer.pad_token_id))
