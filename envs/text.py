@@ -36,6 +36,7 @@ from workbench.stages.reward_shapers import soft_overlong_punishment
 class TextEnv(Environment):
     policy_contract = TokenGenerator
     has_demonstrations = True
+    has_step_limit = True
     @dataclass
     class Config:
         name: str = "text"

@@ -83,3 +83,9 @@ def test_sft_on_an_env_without_demonstrations_is_refused_at_start_up():
     with pytest.raises(ConfigError, match="sft.steps > 0 needs an env with demonstrations.*env gym_control with policy gaussian_mlp"):
         validate(compose(["experiment=franka_reach_ppo", "sft.steps=5"]))
     validate(compose(["experiment=arithmetic_grpo_tiny", "sft.steps=5"]))  # text + causal_lm: fine
+
+
+def test_a_reward_shaper_the_env_cannot_feed_is_refused_at_start_up():
+    with pytest.raises(ConfigError, match="overlong needs a generation limit per row, which env diffusion does not have"):
+        validate(compose(["experiment=ddpo_compressibility_demo", "algo.reward_shapers=[{name: overlong}]"]))
+    validate(compose(["experiment=arithmetic_grpo_tiny", "algo.reward_shapers=[{name: overlong, buffer: 4}]"]))

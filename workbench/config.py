@@ -288,6 +288,10 @@ def _check_acting_contract(run: RunConfig) -> None:
         from workbench.sft import SFT_NEEDS
 
         raise ConfigError(f"{SFT_NEEDS}; env {run.env.name} with policy {run.policy.name} has none")
+    for shaper in run.algo.stages.reward_shapers:
+        if getattr(shaper.fn, "needs_step_limit", False) and not getattr(env_cls, "has_step_limit", False):
+            raise ConfigError(f"algo.reward_shapers: {shaper.name} needs a generation limit per row, which env "
+                              f"{run.env.name} does not have")
     if run.algo.advantage in CRITIC_ESTIMATORS and not getattr(policy_cls, "has_critic", False):
         raise ConfigError(f"algo.advantage={run.algo.advantage} needs a critic, but policy {run.policy.name} has none; "
                           f"use a critic-free estimator (algo=grpo, or algo.advantage=rloo | reinforce_pp)")

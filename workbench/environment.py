@@ -62,6 +62,7 @@ class Environment:
     steps_per_collect: int = 0
     policy_contract: Optional[type] = None  # e.g. ControlActor; None: any policy
     has_demonstrations: bool = False  # demonstrations(n) -> (prompts, targets) for supervised warm-start (sft)
+    has_step_limit: bool = False  # its batches carry Batch.max_steps, a generation limit per row (text)
 
     def spec(self) -> Optional[EnvSpec]:
         """Observation and action spaces, for envs whose policies build their layers from them

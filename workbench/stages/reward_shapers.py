@@ -63,6 +63,9 @@ def overlong(batch: Batch, cfg: OverlongConfig) -> torch.Tensor:
     return torch.tensor(punishment, dtype=torch.float64, device=batch.mask.device)
 
 
+overlong.needs_step_limit = True  # checked at start-up against the env's has_step_limit
+
+
 def shape_rewards(batch: Batch, shapers: Sequence) -> Tuple[Batch, Dict[str, float]]:
     """The batch with every shaper's per-row term added on the row's last valid step, and the
     mean term of each (``reward/<name>``)."""
